@@ -1,0 +1,1 @@
+"""cgroups: see DESIGN.md; filled in by its own issue."""

@@ -1,0 +1,1 @@
+"""images: see DESIGN.md; filled in by its own issue."""

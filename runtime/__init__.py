@@ -1,0 +1,1 @@
+"""The runtime core: OCI bundles to running, isolated processes."""
