@@ -1,0 +1,508 @@
+"""Command lines: `hanok-oci` (runc's interface, for engines) and `hanok` (for people).
+
+Parse, call, print; no logic. `hanok-oci` is called once per container
+operation by conmon and containerd-shim, so its parser is a small table-driven
+one rather than click: importing click alone costs ~35 ms, more than runc takes
+to run a whole container. `hanok`, the human-facing CLI, is click (it grows with
+the image, network and pod issues).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from hanok import __version__
+
+OCI_DEFAULT_ROOT = "/run/hanok-oci"
+
+# command -> (usage, summary, {flag: (dest, takes_value, help)}, positional names)
+_O = dict[str, tuple[str, bool, str]]
+OCI_COMMANDS: dict[str, tuple[str, str, _O, tuple[str, ...]]] = {
+    "create": ("create [options] ID", "create a container from a bundle; `start` runs its process", {
+        "--bundle": ("bundle", True, "path to the bundle directory (default: current directory)"),
+        "-b": ("bundle", True, ""),
+        "--pid-file": ("pid_file", True, "write the init's host pid to this file"),
+        "--console-socket": ("console_socket", True, "AF_UNIX socket that receives the pty master"),
+        "--no-pivot": ("no_pivot", False, "use MS_MOVE+chroot instead of pivot_root"),
+        "--no-new-keyring": ("no_new_keyring", False, "keep the caller's session keyring"),
+        "--preserve-fds": ("preserve_fds", True, "pass N extra fds (3..3+N-1) to the container"),
+    }, ("ID",)),
+    "run": ("run [options] ID", "create and start a container; in the foreground, wait and exit with its code", {
+        "--bundle": ("bundle", True, "path to the bundle directory (default: current directory)"),
+        "-b": ("bundle", True, ""),
+        "--detach": ("detach", False, "return once the container runs"),
+        "-d": ("detach", False, ""),
+        "--pid-file": ("pid_file", True, "write the init's host pid to this file"),
+        "--console-socket": ("console_socket", True, "AF_UNIX socket that receives the pty master"),
+        "--no-pivot": ("no_pivot", False, "use MS_MOVE+chroot instead of pivot_root"),
+        "--no-new-keyring": ("no_new_keyring", False, "keep the caller's session keyring"),
+        "--preserve-fds": ("preserve_fds", True, "pass N extra fds (3..3+N-1) to the container"),
+        "--keep": ("keep", False, "do not delete the container after it exits"),
+    }, ("ID",)),
+    "start": ("start ID", "run the user process of a created container", {}, ("ID",)),
+    "state": ("state ID", "print the container's state as JSON", {}, ("ID",)),
+    "kill": ("kill [--all] ID [SIGNAL]", "send a signal (default TERM) to the container", {
+        "--all": ("all", False, "signal every process in the container"),
+        "-a": ("all", False, ""),
+    }, ("ID", "SIGNAL?")),
+    "delete": ("delete [--force] ID", "remove a stopped container (--force: kill it first)", {
+        "--force": ("force", False, "kill the container if it is still running"),
+        "-f": ("force", False, ""),
+    }, ("ID",)),
+    "exec": ("exec [options] ID [COMMAND ARGS...]", "run another process in a container", {
+        "--process": ("process", True, "JSON file with the process (runtime-spec `process`)"),
+        "-p": ("process", True, ""),
+        "--detach": ("detach", False, "do not wait for the process"),
+        "-d": ("detach", False, ""),
+        "--pid-file": ("pid_file", True, "write the process's host pid to this file"),
+        "--console-socket": ("console_socket", True, "AF_UNIX socket that receives the pty master"),
+        "--tty": ("tty", False, "allocate a pty"),
+        "-t": ("tty", False, ""),
+        "--env": ("env", "append", "set an environment variable K=V (repeatable)"),
+        "-e": ("env", "append", ""),
+        "--cwd": ("cwd", True, "working directory inside the container"),
+        "--user": ("user", True, "UID[:GID] to run as"),
+        "-u": ("user", True, ""),
+        "--cap": ("cap", "append", "add a capability (repeatable)"),
+        "-c": ("cap", "append", ""),
+        "--no-new-privs": ("no_new_privs", False, "set no_new_privs"),
+        "--preserve-fds": ("preserve_fds", True, "pass N extra fds to the process"),
+    }, ("ID", "ARGS*")),
+    "list": ("list [--format table|json] [--quiet]", "list containers", {
+        "--format": ("format", True, "table or json"),
+        "-f": ("format", True, ""),
+        "--quiet": ("quiet", False, "print only the ids"),
+        "-q": ("quiet", False, ""),
+    }, ()),
+    "ps": ("ps [--format table|json] ID", "list the container's processes", {
+        "--format": ("format", True, "table or json (a JSON array of host pids)"),
+        "-f": ("format", True, ""),
+    }, ("ID", "PSARGS*")),
+    "pause": ("pause ID", "freeze every process of the container", {}, ("ID",)),
+    "resume": ("resume ID", "thaw a paused container", {}, ("ID",)),
+    "update": ("update --resources FILE|- ID", "change the container's cgroup limits", {
+        "--resources": ("resources", True, "JSON linux.resources, - for stdin"),
+        "-r": ("resources", True, ""),
+    }, ("ID",)),
+    "spec": ("spec [--bundle B] [--rootless]", "write a default config.json", {
+        "--bundle": ("bundle", True, "where to write config.json (default: current directory)"),
+        "-b": ("bundle", True, ""),
+        "--rootless": ("rootless", False, "a config for an unprivileged user (user namespace)"),
+    }, ()),
+    "features": ("features", "print the runtime-spec features this runtime supports, as JSON", {}, ()),
+}
+GLOBAL_FLAGS: _O = {
+    "--root": ("root", True, f"state directory (default {OCI_DEFAULT_ROOT})"),
+    "--log": ("log", True, "append log lines (and errors) to this file"),
+    "--log-format": ("log_format", True, "text or json"),
+    "--debug": ("debug", False, "log debug messages"),
+    "--systemd-cgroup": ("systemd_cgroup", False, "use systemd to manage cgroups"),
+    "--rootless": ("rootless", True, "true, false or auto"),
+    "--criu": ("criu", True, "ignored (checkpointing is not supported)"),
+    "--explain": ("explain", False, "print every kernel-level step as a shell command (stderr)"),
+}
+
+
+class UsageError(Exception):
+    """Wrong command line: printed with the usage line, exit status 2... as runc: 1."""
+
+
+def _parse_flags(argv: list[str], table: _O, stop_at_positional: bool) -> tuple[dict, list[str]]:
+    values: dict = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i + 1:])
+            break
+        if arg.startswith("-") and arg != "-" and not (rest and stop_at_positional):
+            name, eq, inline = arg.partition("=")
+            if name not in table and arg.startswith("--") is False and len(name) > 2:
+                name, inline, eq = name[:2], name[2:], "="  # -bDIR
+            if name not in table:
+                raise UsageError(f"flag provided but not defined: {name}")
+            dest, kind, _ = table[name]
+            if kind is False:
+                values[dest] = (inline.lower() not in ("false", "0")) if eq else True
+            else:
+                if not eq:
+                    i += 1
+                    if i >= len(argv):
+                        raise UsageError(f"flag needs an argument: {name}")
+                    inline = argv[i]
+                if kind == "append":
+                    values.setdefault(dest, []).append(inline)
+                else:
+                    values[dest] = inline
+        else:
+            if stop_at_positional:
+                rest.extend(argv[i:])
+                break
+            rest.append(arg)
+        i += 1
+    return values, rest
+
+
+def _usage(command: str | None = None) -> str:
+    if command:
+        usage, summary, flags, _ = OCI_COMMANDS[command]
+        lines = [f"usage: hanok-oci [global options] {usage}", "", summary, ""]
+        seen = {}
+        for flag, (dest, _kind, text) in flags.items():
+            if text:
+                seen[dest] = [flag, text]
+            elif dest in seen:
+                seen[dest][0] += f", {flag}"
+        lines += [f"  {f:<28} {t}" for f, t in seen.values()]
+        return "\n".join(lines) + "\n"
+    lines = ["usage: hanok-oci [global options] COMMAND [options] ARGS", "",
+             "An OCI runtime with runc's command line, for podman (conmon) and containerd.", "",
+             "commands:"]
+    lines += [f"  {name:<10} {summary}" for name, (_, summary, _, _) in OCI_COMMANDS.items()]
+    lines += ["", "global options:"]
+    lines += [f"  {flag:<20} {text}" for flag, (_, _, text) in GLOBAL_FLAGS.items()]
+    lines += ["  --version, -v        print the version", "  --help, -h           this help", "",
+              "example: hanok-oci --root /run/hanok-oci run --bundle ./mybundle demo"]
+    return "\n".join(lines) + "\n"
+
+
+class _Logger:
+    """Where errors go: stderr always; with --log also the log file (JSON with --log-format json)."""
+
+    def __init__(self, path: str | None, fmt: str):
+        self.path = path
+        self.fmt = fmt
+
+    def error(self, message: str) -> None:
+        sys.stderr.write(f"hanok-oci: {message}\n" if self.fmt != "json" or not self.path else f"{message}\n")
+        sys.stderr.flush()
+        if self.path:
+            self._append("error", message)
+
+    def _append(self, level: str, message: str) -> None:
+        if self.fmt == "json":
+            import json
+            from hanok.runtime.state import rfc3339_now
+
+            line = json.dumps({"level": level, "msg": message, "time": rfc3339_now()})
+        else:
+            line = f"{level}: {message}"
+        try:
+            with open(self.path, "a") as f:  # type: ignore[arg-type]
+                f.write(line + "\n")
+        except OSError:
+            pass
+
+
+def oci_main(argv: list[str] | None = None) -> int:
+    """Entry point of `hanok-oci`: returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    log = _Logger(None, "text")
+    try:
+        if not argv or argv[0] in ("-h", "--help", "help"):
+            sys.stdout.write(_usage())
+            return 0
+        if argv[0] in ("-v", "--version", "version"):
+            from hanok import OCI_VERSION
+
+            sys.stdout.write(f"hanok-oci version {__version__}\nspec: {OCI_VERSION}\n")
+            return 0
+        # global flags come before the command
+        gflags: dict = {}
+        i = 0
+        while i < len(argv) and argv[i].startswith("-"):
+            if argv[i] in ("-h", "--help"):
+                sys.stdout.write(_usage())
+                return 0
+            values, _ = _parse_flags(argv[i:i + (1 if "=" in argv[i] or GLOBAL_FLAGS.get(argv[i], ("", False))[1] is False else 2)],
+                                     GLOBAL_FLAGS, False)
+            gflags.update(values)
+            i += 1 if "=" in argv[i] or GLOBAL_FLAGS.get(argv[i], ("", False, ""))[1] is False else 2
+        if i >= len(argv):
+            raise UsageError("no command given")
+        command, rest = argv[i], argv[i + 1:]
+        log = _Logger(gflags.get("log"), gflags.get("log_format", "text"))
+        if command not in OCI_COMMANDS:
+            raise UsageError(f"no such command: {command}")
+        if "-h" in rest or "--help" in rest:
+            sys.stdout.write(_usage(command))
+            return 0
+        _, _, table, positional = OCI_COMMANDS[command]
+        opts, args = _parse_flags(rest, table, stop_at_positional=command == "exec")
+        if command == "exec" and args:
+            # flags may also follow the ID in some callers: only before ARGS
+            pass
+        need = [p for p in positional if not p.endswith(("?", "*"))]
+        if len(args) < len(need):
+            raise UsageError(f"{command} requires {' '.join(need)}")
+        if not any(p.endswith("*") for p in positional) and len(args) > len(positional):
+            raise UsageError(f"{command}: unexpected argument {args[len(positional)]!r}")
+        if gflags.get("explain"):
+            from hanok.runtime import explain
+
+            explain.enable(2)
+        root = gflags.get("root") or OCI_DEFAULT_ROOT
+        return _OCI_HANDLERS[command](root, opts, args, gflags)
+    except UsageError as e:
+        log.error(f"{e} (see `hanok-oci --help`)")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - every failure becomes one line
+        from hanok.runtime.errors import HanokError
+
+        if isinstance(e, HanokError):
+            log.error(str(e))
+            return e.exit_code
+        if isinstance(e, OSError):
+            log.error(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+            return 1
+        if gflags_debug():
+            raise
+        log.error(f"internal error: {type(e).__name__}: {e}")
+        return 1
+
+
+def gflags_debug() -> bool:
+    return bool(os.environ.get("HANOK_DEBUG"))
+
+
+def _int_opt(opts: dict, name: str) -> int:
+    value = opts.get(name, "0")
+    if not str(value).isdigit():
+        raise UsageError(f"--{name.replace('_', '-')} must be a non-negative integer")
+    return int(value)
+
+
+def _oci_create(root: str, opts: dict, args: list[str], g: dict) -> int:
+    from hanok.runtime import container
+
+    _check_systemd(g)
+    container.create(root, args[0], opts.get("bundle") or ".", pid_file=opts.get("pid_file"),
+                     console_socket=opts.get("console_socket"), no_pivot=opts.get("no_pivot", False),
+                     no_new_keyring=opts.get("no_new_keyring", False),
+                     preserve_fds=_int_opt(opts, "preserve_fds"))
+    return 0
+
+
+def _oci_run(root: str, opts: dict, args: list[str], g: dict) -> int:
+    from hanok.runtime import container
+
+    _check_systemd(g)
+    return container.run(root, args[0], opts.get("bundle") or ".", detach=opts.get("detach", False),
+                         pid_file=opts.get("pid_file"), console_socket=opts.get("console_socket"),
+                         no_pivot=opts.get("no_pivot", False), no_new_keyring=opts.get("no_new_keyring", False),
+                         preserve_fds=_int_opt(opts, "preserve_fds"))
+
+
+def _check_systemd(g: dict) -> None:
+    if g.get("systemd_cgroup"):
+        from hanok.runtime.errors import NotSupported
+
+        raise NotSupported("--systemd-cgroup: the systemd cgroup driver is not supported yet; use cgroupfs")
+
+
+def _oci_start(root: str, opts: dict, args: list[str], g: dict) -> int:
+    from hanok.runtime import container
+
+    container.start(root, args[0])
+    return 0
+
+
+def _print_json(value: object) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+def _oci_state(root: str, opts: dict, args: list[str], g: dict) -> int:
+    from hanok.runtime import container
+
+    _print_json(container.get_state(root, args[0]))
+    return 0
+
+
+def _oci_kill(root: str, opts: dict, args: list[str], g: dict) -> int:
+    from hanok.runtime import container
+
+    signum = container.parse_signal(args[1] if len(args) > 1 else "TERM")
+    container.kill(root, args[0], signum, opts.get("all", False))
+    return 0
+
+
+def _oci_delete(root: str, opts: dict, args: list[str], g: dict) -> int:
+    from hanok.runtime import container
+
+    container.delete(root, args[0], opts.get("force", False))
+    return 0
+
+
+def _oci_exec(root: str, opts: dict, args: list[str], g: dict) -> int:
+    import json
+
+    from hanok.runtime import container
+    from hanok.runtime.errors import SpecError
+    from hanok.runtime.spec import validate_process
+
+    cid = args[0]
+    if opts.get("process"):
+        try:
+            with open(opts["process"], "rb") as f:
+                process = validate_process(json.load(f))
+        except ValueError as e:
+            raise SpecError(f"--process {opts['process']}: invalid JSON: {e}") from None
+    else:
+        if len(args) < 2:
+            raise UsageError("exec requires a command (or --process)")
+        process = container.exec_spec(root, cid, args[1:], opts.get("env", []), opts.get("cwd"),
+                                      opts.get("user"), opts.get("tty", False), opts.get("cap", []),
+                                      True if opts.get("no_new_privs") else None)
+    return container.exec_process(root, cid, process, detach=opts.get("detach", False),
+                                  pid_file=opts.get("pid_file"), console_socket=opts.get("console_socket"),
+                                  preserve_fds=_int_opt(opts, "preserve_fds"))
+
+
+def _oci_list(root: str, opts: dict, args: list[str], g: dict) -> int:
+    from hanok.runtime import container
+
+    rows = container.list_containers(root)
+    if opts.get("quiet"):
+        sys.stdout.write("".join(r["id"] + "\n" for r in rows))
+    elif opts.get("format", "table") == "json":
+        _print_json(rows or None)  # runc prints null for no containers
+    elif opts.get("format", "table") == "table":
+        lines = [("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")]
+        lines += [(r["id"], str(r["pid"]), r["status"], r["bundle"], r["created"], "root") for r in rows]
+        widths = [max(len(line[c]) for line in lines) for c in range(6)]
+        for line in lines:
+            sys.stdout.write("   ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() + "\n")
+    else:
+        raise UsageError(f"invalid format {opts['format']!r} (table or json)")
+    return 0
+
+
+def _oci_ps(root: str, opts: dict, args: list[str], g: dict) -> int:
+    from hanok.runtime import container
+
+    pids = container.pids(root, args[0])
+    fmt = opts.get("format", "table")
+    if fmt == "json":
+        sys.stdout.write(__import__("json").dumps(pids) + "\n")
+        return 0
+    if fmt != "table":
+        raise UsageError(f"invalid format {fmt!r} (table or json)")
+    import subprocess
+
+    if pids:
+        ps_args = args[1:] or ["-f"]
+        out = subprocess.run(["ps", *ps_args, "-p", ",".join(map(str, pids))], capture_output=True, text=True)
+        sys.stdout.write(out.stdout)
+    return 0
+
+
+def _oci_pause(root: str, opts: dict, args: list[str], g: dict) -> int:
+    from hanok.runtime import container
+
+    container.pause(root, args[0])
+    return 0
+
+
+def _oci_resume(root: str, opts: dict, args: list[str], g: dict) -> int:
+    from hanok.runtime import container
+
+    container.resume(root, args[0])
+    return 0
+
+
+def _oci_update(root: str, opts: dict, args: list[str], g: dict) -> int:
+    import json
+
+    from hanok.runtime import container
+    from hanok.runtime.errors import SpecError
+
+    source = opts.get("resources")
+    if not source:
+        raise UsageError("update requires --resources FILE|-")
+    try:
+        data = json.load(sys.stdin) if source == "-" else json.load(open(source))
+    except ValueError as e:
+        raise SpecError(f"--resources: invalid JSON: {e}") from None
+    container.update(root, args[0], data)
+    return 0
+
+
+def _oci_spec(root: str, opts: dict, args: list[str], g: dict) -> int:
+    from hanok.runtime import bundle
+    from hanok.runtime.errors import Exists
+
+    target = os.path.join(opts.get("bundle") or ".", "config.json")
+    if os.path.exists(target):
+        raise Exists(f"File {target} exists. Remove it first")
+    with open(target, "w") as f:
+        import json
+
+        json.dump(bundle.default_spec(rootless=opts.get("rootless", False)), f, indent=2)
+        f.write("\n")
+    return 0
+
+
+def _oci_features(root: str, opts: dict, args: list[str], g: dict) -> int:
+    from hanok.runtime import bundle
+
+    _print_json(bundle.features())
+    return 0
+
+
+_OCI_HANDLERS = {
+    "create": _oci_create, "run": _oci_run, "start": _oci_start, "state": _oci_state,
+    "kill": _oci_kill, "delete": _oci_delete, "exec": _oci_exec, "list": _oci_list,
+    "ps": _oci_ps, "pause": _oci_pause, "resume": _oci_resume, "update": _oci_update,
+    "spec": _oci_spec, "features": _oci_features,
+}
+
+
+def hanok_main() -> None:
+    """Entry point of `hanok`, the CLI for people and node agents (click)."""
+    import click
+
+    @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option(__version__, prog_name="hanok")
+    def hanok() -> None:
+        """hanok: run containers from OCI bundles (images, networks and pods come next).
+
+        \b
+        Example:
+          hanok run ./mybundle demo
+        """
+
+    @hanok.command("run")
+    @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+    @click.argument("name")
+    @click.option("--root", default="/run/hanok", show_default=True, help="state directory")
+    @click.option("--explain", is_flag=True, help="print every kernel-level step as a shell command")
+    def run_cmd(bundle: str, name: str, root: str, explain: bool) -> None:
+        """Run the bundle BUNDLE as container NAME in the foreground; exit with its code.
+
+        \b
+        Example:
+          hanok run --explain ./mybundle demo
+        """
+        from hanok.runtime import container
+        from hanok.runtime import explain as trace
+        from hanok.runtime.errors import HanokError
+
+        if explain:
+            trace.enable(2)
+        try:
+            code = container.run(root, name, bundle)
+        except HanokError as e:
+            click.echo(f"hanok: {e}", err=True)
+            sys.exit(125)
+        sys.exit(code)
+
+    hanok(prog_name="hanok")
+
+
+if __name__ == "__main__":
+    sys.exit(oci_main())

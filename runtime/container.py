@@ -1,0 +1,553 @@
+"""Container lifecycle: create, start, state, kill, delete, run, exec, list, ps.
+
+The operations a caller runs per container are hot paths, so this module
+imports only what each operation needs. Status transitions are checked against
+the table in state.py; every step of `create` that makes something registers
+how to undo it, so a failure leaves no state directory, fifo or process behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from hanok import OCI_VERSION
+from hanok.runtime import explain, state
+from hanok.runtime import syscalls as sc
+from hanok.runtime.errors import BadState, HanokError, NotFound, NotSupported
+from hanok.runtime.process import ParentSync, raise_child_error
+
+FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGCONT")
+
+
+class _Saved:
+    """What exec and delete need from the config, saved at create time."""
+
+    def __init__(self, doc: dict):
+        self.process: dict = doc["process"]
+        self.namespaces: dict = doc["namespaces"]
+        self.seccomp: dict | None = doc.get("seccomp")
+        self.hooks: dict = doc.get("hooks") or {}
+
+
+def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = None,
+           console_socket: str | None = None, no_pivot: bool = False, no_new_keyring: bool = False,
+           preserve_fds: int = 0) -> int:
+    """Set the container up and leave its init waiting for `start`; return the init's pid."""
+    from hanok.runtime import spec
+
+    state.validate_id(container_id)
+    cfg = spec.load(bundle)
+    cdir = state.make_dir(root, container_id)
+    init_pid = 0
+    our_child = False
+    fds: list[int] = []
+    sync: ParentSync | None = None
+    try:
+        saved = {"process": cfg.process, "namespaces": cfg.namespaces, "seccomp": cfg.seccomp,
+                 "hooks": {k: v for k, v in cfg.hooks.items() if k in ("poststart", "poststop")}}
+        with open(os.path.join(cdir, state.CONFIG_FILE), "w") as f:
+            json.dump(saved, f)
+        os.mkfifo(os.path.join(cdir, state.FIFO), 0o622)
+        os.chmod(os.path.join(cdir, state.FIFO), 0o622)  # mkfifo's mode is umasked
+        dir_fd = os.open(cdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        fds.append(dir_fd)
+        console_fd = None
+        if console_socket:
+            from hanok.runtime.process import connect_console_socket
+
+            console_fd = connect_console_socket(console_socket)
+            fds.append(console_fd)
+        created = state.rfc3339_now()
+        hook_state = {"ociVersion": OCI_VERSION, "id": container_id, "status": state.CREATING, "pid": 0,
+                      "bundle": cfg.bundle, "annotations": cfg.annotations}
+        sync = ParentSync()
+        hooks_in_parent = "prestart" in cfg.hooks or "createRuntime" in cfg.hooks
+        init_args = dict(console_sock=console_fd, preserve_fds=preserve_fds, no_pivot=no_pivot,
+                         no_new_keyring=no_new_keyring, hooks_in_parent=hooks_in_parent,
+                         state_json=hook_state)
+        if "user" in cfg.namespaces:
+            init_pid = _fork_via_intermediate(cfg, sync, dir_fd, init_args)
+        else:
+            init_pid = _fork_init(cfg, sync, dir_fd, init_args)
+            our_child = True
+        sync.close_child_ends()
+        hook_state["pid"] = init_pid
+        _wait_ready(cfg, sync, hook_state)
+        start_time = state.proc_start_time(init_pid)
+        if start_time is None:
+            raise HanokError("container init exited during setup")
+        record = {"ociVersion": OCI_VERSION, "id": container_id, "pid": init_pid, "start_time": start_time,
+                  "bundle": cfg.bundle, "rootfs": cfg.rootfs, "created": created,
+                  "annotations": cfg.annotations}
+        state.save(cdir, record)
+        if pid_file:
+            from hanok.runtime.process import write_pid_file
+
+            write_pid_file(pid_file, init_pid)
+        return init_pid
+    except BaseException:
+        if init_pid:
+            _kill_quietly(init_pid)
+            if our_child:
+                _reap(init_pid)
+        import shutil
+
+        shutil.rmtree(cdir, ignore_errors=True)
+        raise
+    finally:
+        if sync is not None:
+            sync.close()
+        for fd in fds:
+            os.close(fd)
+
+
+def _fork_init(cfg, sync: ParentSync, dir_fd: int, init_args: dict) -> int:
+    """Fork the init directly (no user namespace): see process.py for why this works."""
+    from hanok.runtime import init
+
+    restore: list[tuple[int, int]] = []
+    try:
+        for kind, flag in (("pid", sc.CLONE_NEWPID), ("time", sc.CLONE_NEWTIME)):
+            if kind not in cfg.namespaces:
+                continue
+            own = os.open(f"/proc/self/ns/{kind}_for_children" if kind == "pid" else "/proc/self/ns/time_for_children",
+                          os.O_RDONLY | os.O_CLOEXEC)
+            restore.append((own, flag))
+            _enter_for_children(cfg, kind, flag)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                init.container_init(cfg, init.Sync(*sync.child_ends()), dir_fd, in_userns=False, **init_args)
+            finally:
+                os._exit(1)
+        return pid
+    finally:
+        for fd, flag in restore:
+            sc.setns(fd, flag)  # our own later children (hooks) stay in the host's namespaces
+            os.close(fd)
+
+
+def _enter_for_children(cfg, kind: str, flag: int) -> None:
+    path = cfg.namespaces[kind]
+    if path is None:
+        from hanok.runtime.init import UNSHARE_NAMES
+
+        explain.step(f"unshare {UNSHARE_NAMES[kind]}", f"a new {kind} namespace for the container's init")
+        sc.unshare(flag)
+        if kind == "time" and cfg.time_offsets:
+            with open("/proc/self/timens_offsets", "w") as f:
+                for clock, off in cfg.time_offsets.items():
+                    f.write(f"{clock} {off.get('secs', 0)} {off.get('nanosecs', 0)}\n")
+    else:
+        explain.step(f"nsenter --{kind}={path}", f"the init joins an existing {kind} namespace")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sc.setns(fd, flag)
+        finally:
+            os.close(fd)
+
+
+def _fork_via_intermediate(cfg, sync: ParentSync, dir_fd: int, init_args: dict) -> int:
+    """User namespace: an intermediate owns the user namespace first (process.py)."""
+    from hanok.runtime import init
+    from hanok.runtime.process import write_id_maps
+
+    child = os.fork()
+    if child == 0:
+        child_sync = init.Sync(*sync.child_ends())
+        try:
+            if cfg.namespaces["user"] is None:
+                explain.step("unshare --user", "a new user namespace; the parent writes the id maps")
+                sc.unshare(sc.CLONE_NEWUSER)
+                child_sync.send("userns")
+                child_sync.wait_ok()
+                os.setresgid(0, 0, 0)
+                os.setresuid(0, 0, 0)
+            else:
+                init.join_namespaces({"user": cfg.namespaces["user"]})
+            for kind, flag in (("pid", sc.CLONE_NEWPID), ("time", sc.CLONE_NEWTIME)):
+                if kind in cfg.namespaces:
+                    _enter_for_children(cfg, kind, flag)
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    init.container_init(cfg, child_sync, dir_fd, in_userns=True, **init_args)
+                finally:
+                    os._exit(1)
+            child_sync.send(f"pid {pid}")
+            os._exit(0)
+        except BaseException as e:  # noqa: BLE001
+            child_sync.error(e)
+            os._exit(1)
+    try:
+        while True:
+            message = sync.recv()
+            if message == "userns":
+                write_id_maps(child, cfg.uid_mappings, cfg.gid_mappings)
+                sync.send_ok()
+            elif message is not None and message.startswith("pid "):
+                return int(message[4:])
+            elif message is not None and message.startswith("error "):
+                raise_child_error(message)
+            else:
+                raise HanokError("container setup failed before the init started")
+    finally:
+        _reap(child)
+
+
+def _wait_ready(cfg, sync: ParentSync, hook_state: dict) -> None:
+    while True:
+        message = sync.recv()
+        if message == "ready":
+            return
+        if message == "hooks":
+            from hanok.runtime import hooks
+
+            for kind in ("prestart", "createRuntime"):
+                if kind in cfg.hooks:
+                    hooks.run(kind, cfg.hooks[kind], hook_state)
+            sync.send_ok()
+        elif message is not None and message.startswith("error "):
+            raise_child_error(message)
+        else:
+            raise HanokError("container init exited during setup")
+
+
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, 9)
+    except OSError:
+        pass
+
+
+def _reap(pid: int) -> int:
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            return 0
+        except InterruptedError:
+            continue
+
+
+def start(root: str, container_id: str) -> None:
+    """Let a created container's init exec the user's program."""
+    cdir, record = state.load(root, container_id)
+    with state.Lock(cdir):
+        status = state.status_of(record, cdir)
+        state.check_transition("start", status, container_id)
+        fifo_path = os.path.join(cdir, state.FIFO)
+        fd = os.open(fifo_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            import select
+
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            while not poller.poll(100):
+                if not state.is_alive(record):
+                    raise BadState("cannot start a container that has stopped")
+            data = os.read(fd, 1)
+        finally:
+            os.close(fd)
+        os.unlink(fifo_path)
+        if data != b"0":
+            raise BadState("cannot start an already running container")
+    saved = _saved(cdir)
+    if "poststart" in saved.hooks:
+        from hanok.runtime import hooks
+
+        hooks.run("poststart", saved.hooks["poststart"], state.oci_state(record, state.RUNNING))
+
+
+def _saved(cdir: str) -> _Saved:
+    return _Saved(state.load_config(cdir))
+
+
+def get_state(root: str, container_id: str) -> dict:
+    cdir, record = state.load(root, container_id)
+    return state.oci_state(record, state.status_of(record, cdir))
+
+
+def parse_signal(value: str) -> int:
+    """'KILL', 'SIGKILL', '9' and 'kill' are all SIGKILL, as runc accepts."""
+    import signal
+
+    text = value.strip()
+    if text.isdigit():
+        number = int(text)
+        if 0 < number < signal.NSIG:
+            return number
+    else:
+        name = text.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        number = getattr(signal, name, None)
+        if isinstance(number, int) and name.startswith("SIG") and "_" not in name:
+            return int(number)
+        if name.startswith("SIGRTMIN+") or name.startswith("SIGRTMAX-"):
+            base, _, off = name[3:].partition("+" if "+" in name else "-")
+            if off.isdigit():
+                return int(getattr(signal, "SIG" + base)) + (int(off) if "+" in name else -int(off))
+    from hanok.runtime.errors import InvalidArgument
+
+    raise InvalidArgument(f"unknown signal {value!r}")
+
+
+def kill(root: str, container_id: str, signum: int, all_processes: bool = False) -> None:
+    cdir, record = state.load(root, container_id)
+    status = state.status_of(record, cdir)
+    state.check_transition("kill", status, container_id)
+    targets = container_pids(record, cdir) if all_processes else [record["pid"]]
+    explain.step(f"kill -{signum} {' '.join(map(str, targets))}")
+    for pid in targets:
+        _signal_pid(pid, signum, record["start_time"] if pid == record["pid"] else None)
+
+
+def _signal_pid(pid: int, signum: int, start_time: int | None) -> None:
+    """Signal through a pidfd: once opened, a reused pid cannot be hit by mistake."""
+    import signal
+
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if start_time is not None and state.proc_start_time(pid) != start_time:
+            return
+        signal.pidfd_send_signal(pidfd, signum)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(pidfd)
+
+
+def container_pids(record: dict, cdir: str) -> list[int]:
+    """Host pids of every process in the container.
+
+    Until containers get their own cgroups (cgroup issue), membership is the
+    init's pid namespace when it has one, else the init and its descendants.
+    """
+    init_pid = record["pid"]
+    if not state.is_alive(record):
+        return []
+    saved = _saved(cdir)
+    pids: list[int] = []
+    if "pid" in saved.namespaces:
+        try:
+            target = os.stat(f"/proc/{init_pid}/ns/pid").st_ino
+        except OSError:
+            return []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.stat(f"/proc/{entry}/ns/pid").st_ino == target:
+                        pids.append(int(entry))
+                except OSError:
+                    continue
+        return sorted(pids)
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    data = f.read()
+                ppid = int(data[data.rindex(b")") + 2:].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+            except (OSError, ValueError):
+                continue
+    todo = [init_pid]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        todo.extend(children.get(pid, []))
+    return sorted(pids)
+
+
+def delete(root: str, container_id: str, force: bool = False) -> None:
+    """Remove a stopped (or, with force, any) container and its state."""
+    import shutil
+
+    try:
+        cdir, record = state.load(root, container_id)
+    except NotFound:
+        cdir = state.container_dir(root, container_id)
+        if force and os.path.isdir(cdir):
+            shutil.rmtree(cdir, ignore_errors=True)  # a create that crashed half way
+            return
+        if force:
+            return
+        raise
+    with state.Lock(cdir):
+        status = state.status_of(record, cdir)
+        if status != state.STOPPED:
+            if status != state.CREATED and not force:
+                state.check_transition("delete", status, container_id)
+            from hanok.runtime.process import wait_gone
+
+            for pid in container_pids(record, cdir) or [record["pid"]]:
+                _signal_pid(pid, 9, record["start_time"] if pid == record["pid"] else None)
+            if not wait_gone(record["pid"], record["start_time"]):
+                raise HanokError(f"container {container_id} did not die after SIGKILL")
+        saved = _saved(cdir)
+        if "poststop" in saved.hooks:
+            from hanok.runtime import hooks
+
+            hooks.run("poststop", saved.hooks["poststop"], state.oci_state(record, state.STOPPED))
+        shutil.rmtree(cdir, ignore_errors=True)
+
+
+def run(root: str, container_id: str, bundle: str, *, detach: bool = False, pid_file: str | None = None,
+        console_socket: str | None = None, no_pivot: bool = False, no_new_keyring: bool = False,
+        preserve_fds: int = 0) -> int:
+    """create + start; in the foreground also wait, forward signals, delete, and
+    return the container's exit code (128+N when a signal killed it)."""
+    from hanok.runtime.process import exit_status, set_subreaper
+
+    if not detach:
+        # a user-namespace container's init is our grandchild: adopt it when the
+        # intermediate exits, so we can wait for it
+        set_subreaper()
+    pid = create(root, container_id, bundle, pid_file=pid_file, console_socket=console_socket,
+                 no_pivot=no_pivot, no_new_keyring=no_new_keyring, preserve_fds=preserve_fds)
+    try:
+        start(root, container_id)
+    except BaseException:
+        delete(root, container_id, force=True)
+        raise
+    if detach:
+        return 0
+    status = _wait_forwarding_signals(pid)
+    while True:  # reap anything else we adopted as subreaper
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                break
+        except ChildProcessError:
+            break
+    delete(root, container_id, force=True)
+    return exit_status(status)
+
+
+def _wait_forwarding_signals(pid: int) -> int:
+    import signal
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            pass
+
+    for name in FORWARDED_SIGNALS:
+        signal.signal(getattr(signal, name), forward)
+    return _reap(pid)
+
+
+def exec_process(root: str, container_id: str, process: dict, *, detach: bool = False,
+                 pid_file: str | None = None, console_socket: str | None = None,
+                 preserve_fds: int = 0) -> int:
+    """Run another process in the container; return its exit code (0 when detached)."""
+    from hanok.runtime import init
+    from hanok.runtime.process import connect_console_socket, exit_status, write_pid_file
+
+    cdir, record = state.load(root, container_id)
+    status = state.status_of(record, cdir)
+    state.check_transition("exec", status, container_id)
+    saved = _saved(cdir)
+    init_pid = record["pid"]
+    console_fd = connect_console_socket(console_socket) if console_socket else None
+    sync = ParentSync()
+    try:
+        for kind, flag in (("pid", sc.CLONE_NEWPID), ("time", sc.CLONE_NEWTIME)):
+            if kind in saved.namespaces:
+                fd = os.open(f"/proc/{init_pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    explain.step(f"nsenter --{kind}=/proc/{init_pid}/ns/{kind}")
+                    sc.setns(fd, flag)
+                finally:
+                    os.close(fd)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                init.exec_process(saved, process, init_pid, init.Sync(*sync.child_ends()),
+                                  console_sock=console_fd, preserve_fds=preserve_fds)
+            finally:
+                os._exit(1)
+        sync.close_child_ends()
+        message = sync.recv()
+        if message is not None and message.startswith("error "):
+            _reap(pid)
+            raise_child_error(message)
+    finally:
+        sync.close()
+        if console_fd is not None:
+            os.close(console_fd)
+    if pid_file:
+        write_pid_file(pid_file, pid)
+    if detach:
+        return 0
+    return exit_status(_wait_forwarding_signals(pid))
+
+
+def exec_spec(root: str, container_id: str, args: list[str], env: list[str], cwd: str | None,
+              user: str | None, tty: bool, cap_add: list[str], no_new_privs: bool | None) -> dict:
+    """Build an exec `process` from the container's own process and the flags, as runc does."""
+    cdir, _ = state.load(root, container_id)
+    base = _saved(cdir).process
+    process = {k: v for k, v in base.items() if k not in ("args", "terminal", "consoleSize")}
+    process["args"] = args
+    merged = {e.split("=", 1)[0]: e for e in base.get("env") or []}
+    for e in env:
+        merged[e.split("=", 1)[0]] = e
+    process["env"] = list(merged.values())
+    if cwd:
+        process["cwd"] = cwd
+    if user:
+        uid, _, gid = user.partition(":")
+        if not uid.isdigit() or (gid and not gid.isdigit()):
+            from hanok.runtime.errors import InvalidArgument
+
+            raise InvalidArgument(f"--user {user!r}: expected UID[:GID] as numbers")
+        process["user"] = {"uid": int(uid), "gid": int(gid) if gid else 0}
+    process["terminal"] = tty
+    if cap_add:
+        caps = {k: list(v) for k, v in (process.get("capabilities") or {}).items()}
+        for cap in cap_add:
+            cap = cap.upper() if cap.upper().startswith("CAP_") else "CAP_" + cap.upper()
+            for kind in ("bounding", "effective", "permitted"):
+                if cap not in caps.setdefault(kind, []):
+                    caps[kind].append(cap)
+        process["capabilities"] = caps
+    if no_new_privs is not None:
+        process["noNewPrivileges"] = no_new_privs
+    from hanok.runtime.spec import validate_process
+
+    return validate_process(process)
+
+
+def list_containers(root: str) -> list[dict]:
+    out = []
+    for cid in state.list_ids(root):
+        try:
+            cdir, record = state.load(root, cid)
+        except NotFound:
+            continue
+        out.append(state.oci_state(record, state.status_of(record, cdir)))
+    return out
+
+
+def pids(root: str, container_id: str) -> list[int]:
+    cdir, record = state.load(root, container_id)
+    return container_pids(record, cdir)
+
+
+def pause(root: str, container_id: str) -> None:
+    state.load(root, container_id)
+    raise NotSupported("pause needs the cgroup freezer, which this version of hanok does not manage yet")
+
+
+def resume(root: str, container_id: str) -> None:
+    state.load(root, container_id)
+    raise NotSupported("resume needs the cgroup freezer, which this version of hanok does not manage yet")
+
+
+def update(root: str, container_id: str, resources: dict) -> None:
+    state.load(root, container_id)
+    raise NotSupported("update needs cgroup limits, which this version of hanok does not manage yet")

@@ -1,0 +1,154 @@
+"""Parent side: the fork chain, the sync protocol, pid files and console sockets.
+
+Fork chain for `create` (no hanok process stays between the caller and the
+container once `create` returns):
+
+  * without a new user namespace: the parent (hanok-oci create) prepares the
+    pid and time namespaces for its children (unshare/setns affect only
+    children for those two), then forks the init directly; the init unshares
+    or joins the rest itself. When `create` exits the init is re-parented to
+    the caller's subreaper (conmon, containerd-shim, or `run` itself).
+  * with a new user namespace: the other namespaces must be owned by it, so
+    the parent forks an intermediate that unshares the user namespace, waits
+    for the parent to write uid_map/gid_map, unshares pid/time, forks the init,
+    reports its pid and exits.
+
+Sync protocol: two pipes, newline-terminated text messages.
+
+  child -> parent        parent -> child     meaning
+  "userns"               "ok"                intermediate: maps please (user namespace only)
+  "pid <n>"              -                   intermediate: the init's host pid
+  "hooks"                "ok"                init: mounts done, run prestart/createRuntime now
+  "ready"                -                   init: set up, blocked on the exec fifo
+  "error <code> <text>"  -                   any stage failed; <text> is the one-line reason
+  EOF before "ready"     -                   the child died: report what we know
+
+For `exec` the child execs directly; EOF without "error" means execve succeeded
+(the pipe is close-on-exec).
+"""
+from __future__ import annotations
+
+import os
+
+from hanok.runtime import explain
+from hanok.runtime import syscalls as sc
+from hanok.runtime.errors import ContainerStartError, HanokError
+
+
+class ParentSync:
+    """The parent's end of the protocol described in the module docstring."""
+
+    def __init__(self) -> None:
+        self.from_child, self.child_w = os.pipe2(os.O_CLOEXEC)
+        self.child_r, self.to_child = os.pipe2(os.O_CLOEXEC)
+        self._buffer = b""
+
+    def child_ends(self) -> tuple[int, int]:
+        return self.child_w, self.child_r
+
+    def close_child_ends(self) -> None:
+        for fd in (self.child_w, self.child_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def recv(self) -> str | None:
+        """Next message, or None at EOF (every child end closed)."""
+        while b"\n" not in self._buffer:
+            chunk = os.read(self.from_child, 4096)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode(errors="replace")
+
+    def send_ok(self) -> None:
+        os.write(self.to_child, b"ok\n")
+
+    def close(self) -> None:
+        for fd in (self.from_child, self.to_child, self.child_w, self.child_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def raise_child_error(message: str) -> None:
+    """Turn an "error <code> <text>" message into the matching exception."""
+    _, code, text = (message.split(" ", 2) + ["", ""])[:3]
+    exit_code = int(code) if code.isdigit() else 1
+    if exit_code in (126, 127):
+        raise ContainerStartError(text, exit_code)
+    raise HanokError(text)
+
+
+def write_id_maps(pid: int, uid_mappings: list[dict], gid_mappings: list[dict]) -> None:
+    """Write /proc/<pid>/{uid,gid}_map for a process that just unshared its user namespace."""
+    for name, maps in (("uid_map", uid_mappings), ("gid_map", gid_mappings)):
+        text = "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in maps)
+        explain.step(f"printf '{text.strip()}' > /proc/{pid}/{name}")
+        try:
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(text)
+        except OSError as e:
+            raise HanokError(f"writing {name}: {e.strerror}") from None
+
+
+def write_pid_file(path: str, pid: int) -> None:
+    """Atomically, as containerd and conmon read it while we may still be writing."""
+    from hanok.runtime.state import write_atomic
+
+    path = os.path.abspath(path)
+    write_atomic(path, str(pid).encode(), 0o644)
+
+
+def connect_console_socket(path: str) -> int:
+    """Connect to the caller's console socket; the init sends the pty master over it."""
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as e:
+        sock.close()
+        raise HanokError(f"console socket {path}: {e.strerror}") from None
+    fd = sock.detach()
+    os.set_inheritable(fd, False)
+    return fd
+
+
+def wait_gone(pid: int, start_time: int | None, timeout: float = 10.0) -> bool:
+    """Wait until a process (not necessarily our child) has exited."""
+    from hanok.runtime.state import proc_start_time
+
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return True
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        deadline = timeout * 1000
+        while deadline > 0:
+            if proc_start_time(pid) != start_time:
+                return True
+            if poller.poll(min(100, deadline)):
+                return True
+            deadline -= 100
+        return False
+    finally:
+        os.close(pidfd)
+
+
+def exit_status(status: int) -> int:
+    """A wait status as a shell would report it: the code, or 128+signal."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def set_subreaper() -> None:
+    sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)

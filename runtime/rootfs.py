@@ -1,0 +1,338 @@
+"""The container's filesystem view: mounts, /dev, masked and read-only paths, pivot_root.
+
+Runs inside the container's new mount namespace, in the init process, before
+the user's program starts. Every mount destination is resolved inside the
+rootfs the way a chroot would resolve it (symlinks are followed relative to the
+rootfs, never out of it), then opened O_PATH and mounted through
+/proc/self/fd/N, so a symlink swapped in after the check cannot redirect the
+mount onto the host.
+"""
+from __future__ import annotations
+
+import os
+import stat
+
+from hanok.runtime import explain
+from hanok.runtime import syscalls as sc
+from hanok.runtime.errors import HanokError, SpecError
+from hanok.runtime.spec import Config, Mount
+
+# name, major, minor of the devices every container gets (runtime-spec "Default Devices")
+DEFAULT_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
+                   ("urandom", 1, 9), ("tty", 5, 0))
+DEV_LINKS = (("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"), ("/proc/self/fd/1", "stdout"),
+             ("/proc/self/fd/2", "stderr"), ("pts/ptmx", "ptmx"))
+_MAX_SYMLINKS = 40
+
+
+def _flag_words(flags: int) -> str:
+    words = [name for name, (clear, bit) in _FLAG_NAMES if not clear and flags & bit and
+             bit not in (sc.MS_BIND, sc.MS_BIND | sc.MS_REC)]
+    return ",".join(words)
+
+
+def _trace_mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+    if not explain.enabled():
+        return
+    if flags & sc.MS_MOVE:
+        explain.step(f"mount --move {source} {target}")
+    elif flags & (sc.MS_PRIVATE | sc.MS_SLAVE | sc.MS_SHARED | sc.MS_UNBINDABLE):
+        kind = next(k for k, v in PROPAGATION_NAMES if flags & v)
+        explain.step(f"mount --make-{'r' if flags & sc.MS_REC else ''}{kind} {target}")
+    elif flags & sc.MS_REMOUNT:
+        opts = ",".join(filter(None, ["remount", "bind" if flags & sc.MS_BIND else "", _flag_words(flags)]))
+        explain.step(f"mount -o {opts} {target}")
+    elif flags & sc.MS_BIND:
+        explain.step(f"mount --{'r' if flags & sc.MS_REC else ''}bind {source} {target}")
+    else:
+        opts = ",".join(filter(None, [_flag_words(flags), data or ""]))
+        explain.step(f"mount -t {fstype} {'-o ' + opts + ' ' if opts else ''}{source or 'none'} {target}")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None,
+          shown_target: str | None = None) -> None:
+    """mount(2) reported to the teaching trace (as `shown_target` when mounting via an fd)."""
+    _trace_mount(source, shown_target or target, fstype, flags, data)
+    sc.mount(source, target, fstype, flags, data)
+
+
+from hanok.runtime.spec import MOUNT_FLAGS as _MF, PROPAGATION_FLAGS as _PF  # noqa: E402
+
+_FLAG_NAMES = tuple(_MF.items())
+PROPAGATION_NAMES = (("private", sc.MS_PRIVATE), ("slave", sc.MS_SLAVE), ("shared", sc.MS_SHARED),
+                     ("unbindable", sc.MS_UNBINDABLE))
+del _PF
+
+
+def resolve_in_root(root: str, path: str) -> str:
+    """Resolve `path` as if `root` were "/": symlinks (absolute or relative) and
+    ".." never leave root. Missing trailing components are kept as they are."""
+    parts = [p for p in path.split("/") if p and p != "."]
+    resolved: list[str] = []
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = os.path.join(root, *resolved, part)
+        try:
+            st = os.lstat(candidate)
+        except FileNotFoundError:
+            resolved.append(part)
+            resolved.extend(p for p in parts)  # the rest does not exist yet either
+            return _normalise(root, resolved)
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > _MAX_SYMLINKS:
+                raise SpecError(f"{path}: too many levels of symbolic links inside the rootfs")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p and p != "."] + parts
+            continue
+        resolved.append(part)
+    return _normalise(root, resolved)
+
+
+def _normalise(root: str, parts: list[str]) -> str:
+    clean: list[str] = []
+    for p in parts:
+        if p == "..":
+            if clean:
+                clean.pop()
+        elif p and p != ".":
+            clean.append(p)
+    return os.path.join(root, *clean) if clean else root
+
+
+def _ensure_target(root: str, dest: str, is_dir: bool) -> str:
+    """Create the mount point inside root (directories or an empty file)."""
+    path = resolve_in_root(root, dest)
+    if is_dir:
+        _mkdirs_in_root(root, path)
+    elif not os.path.lexists(path):
+        _mkdirs_in_root(root, os.path.dirname(path))
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644))
+    return path
+
+
+def _mkdirs_in_root(root: str, path: str) -> None:
+    rel = os.path.relpath(path, root)
+    if rel == ".":
+        return
+    current = root
+    for part in rel.split("/"):
+        current = os.path.join(current, part)
+        try:
+            os.mkdir(current, 0o755)
+        except FileExistsError:
+            if os.path.islink(current):
+                # appeared since resolve_in_root: refuse rather than follow it out
+                raise SpecError(f"{current}: mount point turned into a symlink") from None
+
+
+def _open_target(root: str, path: str) -> int:
+    """O_PATH fd of the mount point, checked to still be inside root."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    real = os.readlink(f"/proc/self/fd/{fd}")
+    if real != root and not real.startswith(root.rstrip("/") + "/"):
+        os.close(fd)
+        raise SpecError(f"mount point {path} escapes the rootfs (now {real})")
+    return fd
+
+
+def _locked_flags(path: str) -> int:
+    """Flags a bind remount must repeat (the kernel refuses to drop them in a user namespace)."""
+    f = os.statvfs(path).f_flag
+    out = 0
+    for st_bit, ms_bit in ((sc.ST_NOSUID, sc.MS_NOSUID), (sc.ST_NODEV, sc.MS_NODEV),
+                           (sc.ST_NOEXEC, sc.MS_NOEXEC), (sc.ST_NOATIME, sc.MS_NOATIME),
+                           (sc.ST_NODIRATIME, sc.MS_NODIRATIME), (sc.ST_RELATIME, sc.MS_RELATIME),
+                           (sc.ST_RDONLY, sc.MS_RDONLY)):
+        if f & st_bit:
+            out |= ms_bit
+    return out
+
+
+def prepare(cfg: Config, in_userns: bool) -> None:
+    """Everything before pivot_root: propagation, the rootfs bind, mounts, /dev."""
+    root = cfg.rootfs
+    mount(None, "/", None, cfg.rootfs_propagation)
+    mount(root, root, None, sc.MS_BIND | sc.MS_REC)
+    dev_is_mounted = False
+    for m in cfg.mounts:
+        mount_one(cfg, m, in_userns)
+        if m.destination == "/dev":
+            dev_is_mounted = True
+    if dev_is_mounted or not os.path.isdir(os.path.join(root, "dev")) or not os.listdir(os.path.join(root, "dev")):
+        create_devices(cfg, in_userns)
+    elif cfg.devices:
+        create_devices(cfg, in_userns, defaults=False)
+
+
+def mount_one(cfg: Config, m: Mount, in_userns: bool) -> None:
+    root = cfg.rootfs
+    if m.is_bind:
+        source_is_dir = os.path.isdir(m.source or "")
+        path = _ensure_target(root, m.destination, source_is_dir)
+        fd = _open_target(root, path)
+        try:
+            target = f"/proc/self/fd/{fd}"
+            shown = os.path.join(root, m.destination.lstrip("/"))
+            mount(m.source, target, None, sc.MS_BIND | (m.flags & sc.MS_REC), shown_target=shown)
+            extra = m.flags & ~(sc.MS_BIND | sc.MS_REC)
+            if extra:
+                # bind mounts ignore flags on the first call: remount to apply ro, nosuid, ...
+                mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | extra | _locked_flags(target),
+                      shown_target=shown)
+            if m.propagation:
+                mount(None, target, None, m.propagation, shown_target=shown)
+        finally:
+            os.close(fd)
+        return
+
+    path = _ensure_target(root, m.destination, True)
+    fd = _open_target(root, path)
+    target = f"/proc/self/fd/{fd}"
+    shown = os.path.join(root, m.destination.lstrip("/"))
+    try:
+        fstype = m.type
+        if fstype == "cgroup":
+            fstype = _cgroup_fstype()
+        try:
+            mount(m.source or fstype, target, fstype, m.flags, m.data or None, shown_target=shown)
+        except PermissionError:
+            if fstype == "sysfs" and (in_userns or "network" not in cfg.namespaces):
+                # sysfs can only be mounted by the owner of the network namespace:
+                # fall back to the host's, read-only, as runc does
+                mount("/sys", target, None, sc.MS_BIND | sc.MS_REC, shown_target=shown)
+                mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _locked_flags(target),
+                      shown_target=shown)
+            else:
+                raise
+        if m.propagation:
+            mount(None, target, None, m.propagation, shown_target=shown)
+    except OSError as e:
+        raise HanokError(f"mount {m.destination} ({m.type}): {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if m.destination == "/proc" and sc.fs_type(path) != sc.PROC_SUPER_MAGIC:
+        raise SpecError("/proc is not a procfs after mounting it; refusing to continue")
+
+
+def _cgroup_fstype() -> str:
+    """A `cgroup` mount becomes cgroup2 where the host has a unified hierarchy.
+
+    On legacy and hybrid hosts the per-controller v1 layout belongs to the
+    cgroup issue; until then the container gets the unified hierarchy (which
+    hybrid hosts also have), read-only as configured.
+    """
+    return "cgroup2"
+
+
+def create_devices(cfg: Config, in_userns: bool, defaults: bool = True) -> None:
+    """Default device nodes, config devices, and the /dev symlinks.
+
+    mknod is not allowed in a user namespace: there the host's node is bind
+    mounted onto an empty file instead, as runc does.
+    """
+    dev = resolve_in_root(cfg.rootfs, "/dev")
+    _mkdirs_in_root(cfg.rootfs, dev)
+    wanted: dict[str, tuple[str, int, int, int, int, int]] = {}
+    if defaults:
+        for name, major, minor in DEFAULT_DEVICES:
+            wanted[f"/dev/{name}"] = ("c", major, minor, 0o666, 0, 0)
+    for d in cfg.devices:
+        wanted[os.path.normpath(d["path"])] = (d["type"], d.get("major", 0), d.get("minor", 0),
+                                               d.get("fileMode", 0o666), d.get("uid", 0), d.get("gid", 0))
+    old_umask = os.umask(0)
+    try:
+        for path, (kind, major, minor, mode, uid, gid) in wanted.items():
+            target = resolve_in_root(cfg.rootfs, path)
+            _mkdirs_in_root(cfg.rootfs, os.path.dirname(target))
+            if os.path.lexists(target):
+                os.unlink(target)
+            if in_userns:
+                os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644))
+                mount(path, target, None, sc.MS_BIND)
+                continue
+            type_bits = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}[kind]
+            explain.step(f"mknod -m {mode & 0o7777:o} {target} {'p' if kind == 'p' else kind + f' {major} {minor}'}")
+            os.mknod(target, type_bits | (mode & 0o7777), os.makedev(major, minor))
+            os.chown(target, uid, gid)
+    finally:
+        os.umask(old_umask)
+    if defaults:
+        for src, name in DEV_LINKS:
+            link = os.path.join(dev, name)
+            if not os.path.lexists(link):
+                os.symlink(src, link)
+        if os.path.exists("/proc/kcore") and not os.path.lexists(os.path.join(dev, "core")):
+            os.symlink("/proc/kcore", os.path.join(dev, "core"))
+
+
+def pivot(cfg: Config, no_pivot: bool) -> None:
+    """Make the rootfs "/" and detach the host's tree from this mount namespace."""
+    root = cfg.rootfs
+    os.chdir(root)
+    if no_pivot:
+        mount(root, "/", None, sc.MS_MOVE)
+        explain.step(f"chroot {root}")
+        os.chroot(".")
+        os.chdir("/")
+        return
+    explain.step(f"cd {root} && pivot_root . .", "the rootfs becomes /, the old root stacks on top")
+    sc.pivot_root(".", ".")
+    # The old root now sits on top of "/": make sure its unmount cannot propagate
+    # to the host, then lazily detach it. Nothing of the host remains reachable.
+    mount(None, ".", None, sc.MS_SLAVE | sc.MS_REC, shown_target="/")
+    explain.step("umount -l /", "detach the old root (the host's tree)")
+    sc.umount2(".", sc.MNT_DETACH)
+    os.chdir("/")
+
+
+def finish(cfg: Config, console_path: str | None) -> None:
+    """After pivot_root: console, masked and read-only paths, read-only root."""
+    if console_path:
+        path = "/dev/console"
+        if not os.path.lexists(path):
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        mount(console_path, path, None, sc.MS_BIND)
+    if (cfg.masked_paths or cfg.readonly_paths) and os.path.isdir("/proc"):
+        check_proc("/proc")
+    for path in cfg.masked_paths:
+        mask_path(path)
+    for path in cfg.readonly_paths:
+        readonly_path(path)
+    if cfg.readonly_root:
+        mount(None, "/", None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _locked_flags("/"))
+
+
+def check_proc(path: str) -> None:
+    """Refuse to write through a /proc that is not the kernel's procfs."""
+    try:
+        kind = sc.fs_type(path)
+    except OSError:
+        return
+    if kind != sc.PROC_SUPER_MAGIC:
+        raise SpecError(f"{path} is not a procfs (filesystem type {kind:#x}); refusing to use it")
+
+
+def mask_path(path: str) -> None:
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if stat.S_ISDIR(st.st_mode):
+        mount("tmpfs", path, "tmpfs", sc.MS_RDONLY, None)
+    else:
+        mount("/dev/null", path, None, sc.MS_BIND)
+
+
+def readonly_path(path: str) -> None:
+    if not os.path.exists(path):
+        return
+    mount(path, path, None, sc.MS_BIND | sc.MS_REC)
+    mount(None, path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_REC | _locked_flags(path))
