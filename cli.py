@@ -182,10 +182,10 @@ class _Logger:
 
     def _append(self, level: str, message: str) -> None:
         if self.fmt == "json":
-            import json
+            from hanok.runtime import jsonio
             from hanok.runtime.state import rfc3339_now
 
-            line = json.dumps({"level": level, "msg": message, "time": rfc3339_now()})
+            line = jsonio.dumps({"level": level, "msg": message, "time": rfc3339_now()})
         else:
             line = f"{level}: {message}"
         try:
@@ -311,9 +311,9 @@ def _oci_start(root: str, opts: dict, args: list[str], g: dict) -> int:
 
 
 def _print_json(value: object) -> None:
-    import json
+    from hanok.runtime import jsonio
 
-    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+    sys.stdout.write(jsonio.dumps(value, indent=2) + "\n")
 
 
 def _oci_state(root: str, opts: dict, args: list[str], g: dict) -> int:
@@ -339,17 +339,14 @@ def _oci_delete(root: str, opts: dict, args: list[str], g: dict) -> int:
 
 
 def _oci_exec(root: str, opts: dict, args: list[str], g: dict) -> int:
-    import json
-
-    from hanok.runtime import container
+    from hanok.runtime import container, jsonio
     from hanok.runtime.errors import SpecError
     from hanok.runtime.spec import validate_process
 
     cid = args[0]
     if opts.get("process"):
         try:
-            with open(opts["process"], "rb") as f:
-                process = validate_process(json.load(f))
+            process = validate_process(jsonio.load_file(opts["process"]))
         except ValueError as e:
             raise SpecError(f"--process {opts['process']}: invalid JSON: {e}") from None
     else:
@@ -388,7 +385,9 @@ def _oci_ps(root: str, opts: dict, args: list[str], g: dict) -> int:
     pids = container.pids(root, args[0])
     fmt = opts.get("format", "table")
     if fmt == "json":
-        sys.stdout.write(__import__("json").dumps(pids) + "\n")
+        from hanok.runtime import jsonio
+
+        sys.stdout.write(jsonio.dumps(pids) + "\n")
         return 0
     if fmt != "table":
         raise UsageError(f"invalid format {fmt!r} (table or json)")
@@ -416,16 +415,14 @@ def _oci_resume(root: str, opts: dict, args: list[str], g: dict) -> int:
 
 
 def _oci_update(root: str, opts: dict, args: list[str], g: dict) -> int:
-    import json
-
-    from hanok.runtime import container
+    from hanok.runtime import container, jsonio
     from hanok.runtime.errors import SpecError
 
     source = opts.get("resources")
     if not source:
         raise UsageError("update requires --resources FILE|-")
     try:
-        data = json.load(sys.stdin) if source == "-" else json.load(open(source))
+        data = jsonio.loads(sys.stdin.read()) if source == "-" else jsonio.load_file(source)
     except ValueError as e:
         raise SpecError(f"--resources: invalid JSON: {e}") from None
     container.update(root, args[0], data)
@@ -439,11 +436,10 @@ def _oci_spec(root: str, opts: dict, args: list[str], g: dict) -> int:
     target = os.path.join(opts.get("bundle") or ".", "config.json")
     if os.path.exists(target):
         raise Exists(f"File {target} exists. Remove it first")
-    with open(target, "w") as f:
-        import json
+    from hanok.runtime import jsonio
 
-        json.dump(bundle.default_spec(rootless=opts.get("rootless", False)), f, indent=2)
-        f.write("\n")
+    with open(target, "w") as f:
+        f.write(jsonio.dumps(bundle.default_spec(rootless=opts.get("rootless", False)), indent=2) + "\n")
     return 0
 
 

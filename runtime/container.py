@@ -7,11 +7,10 @@ how to undo it, so a failure leaves no state directory, fifo or process behind.
 """
 from __future__ import annotations
 
-import json
 import os
 
 from hanok import OCI_VERSION
-from hanok.runtime import explain, state
+from hanok.runtime import explain, jsonio, state
 from hanok.runtime import syscalls as sc
 from hanok.runtime.errors import BadState, HanokError, NotFound, NotSupported
 from hanok.runtime.process import ParentSync, raise_child_error
@@ -33,7 +32,7 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
            console_socket: str | None = None, no_pivot: bool = False, no_new_keyring: bool = False,
            preserve_fds: int = 0) -> int:
     """Set the container up and leave its init waiting for `start`; return the init's pid."""
-    from hanok.runtime import spec
+    from hanok.runtime import init, spec
 
     state.validate_id(container_id)
     cfg = spec.load(bundle)
@@ -45,8 +44,7 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
     try:
         saved = {"process": cfg.process, "namespaces": cfg.namespaces, "seccomp": cfg.seccomp,
                  "hooks": {k: v for k, v in cfg.hooks.items() if k in ("poststart", "poststop")}}
-        with open(os.path.join(cdir, state.CONFIG_FILE), "w") as f:
-            json.dump(saved, f)
+        state.write_atomic(os.path.join(cdir, state.CONFIG_FILE), jsonio.dumps(saved).encode())
         os.mkfifo(os.path.join(cdir, state.FIFO), 0o622)
         os.chmod(os.path.join(cdir, state.FIFO), 0o622)  # mkfifo's mode is umasked
         dir_fd = os.open(cdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -60,6 +58,7 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
         created = state.rfc3339_now()
         hook_state = {"ociVersion": OCI_VERSION, "id": container_id, "status": state.CREATING, "pid": 0,
                       "bundle": cfg.bundle, "annotations": cfg.annotations}
+        init.preload(cfg.process, cfg.seccomp, bool(cfg.hooks))
         sync = ParentSync()
         hooks_in_parent = "prestart" in cfg.hooks or "createRuntime" in cfg.hooks
         init_args = dict(console_sock=console_fd, preserve_fds=preserve_fds, no_pivot=no_pivot,
@@ -90,9 +89,13 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
             _kill_quietly(init_pid)
             if our_child:
                 _reap(init_pid)
-        import shutil
+        if "poststop" in cfg.hooks and init_pid:
+            # runtime-spec: when a create-time hook fails the container is
+            # stopped and the lifecycle continues with the poststop hooks
+            from hanok.runtime import hooks
 
-        shutil.rmtree(cdir, ignore_errors=True)
+            hooks.run("poststop", cfg.hooks["poststop"], dict(hook_state, status=state.STOPPED))
+        state.remove_dir(cdir)
         raise
     finally:
         if sync is not None:
@@ -270,7 +273,7 @@ def get_state(root: str, container_id: str) -> dict:
 
 def parse_signal(value: str) -> int:
     """'KILL', 'SIGKILL', '9' and 'kill' are all SIGKILL, as runc accepts."""
-    import signal
+    import _signal as signal  # the C module: `signal` would import enum
 
     text = value.strip()
     if text.isdigit():
@@ -304,7 +307,7 @@ def kill(root: str, container_id: str, signum: int, all_processes: bool = False)
 
 def _signal_pid(pid: int, signum: int, start_time: int | None) -> None:
     """Signal through a pidfd: once opened, a reused pid cannot be hit by mistake."""
-    import signal
+    import _signal
 
     try:
         pidfd = os.pidfd_open(pid)
@@ -313,7 +316,7 @@ def _signal_pid(pid: int, signum: int, start_time: int | None) -> None:
     try:
         if start_time is not None and state.proc_start_time(pid) != start_time:
             return
-        signal.pidfd_send_signal(pidfd, signum)
+        _signal.pidfd_send_signal(pidfd, signum)
     except ProcessLookupError:
         pass
     finally:
@@ -364,14 +367,12 @@ def container_pids(record: dict, cdir: str) -> list[int]:
 
 def delete(root: str, container_id: str, force: bool = False) -> None:
     """Remove a stopped (or, with force, any) container and its state."""
-    import shutil
-
     try:
         cdir, record = state.load(root, container_id)
     except NotFound:
         cdir = state.container_dir(root, container_id)
         if force and os.path.isdir(cdir):
-            shutil.rmtree(cdir, ignore_errors=True)  # a create that crashed half way
+            state.remove_dir(cdir)  # a create that crashed half way
             return
         if force:
             return
@@ -392,7 +393,7 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
             from hanok.runtime import hooks
 
             hooks.run("poststop", saved.hooks["poststop"], state.oci_state(record, state.STOPPED))
-        shutil.rmtree(cdir, ignore_errors=True)
+        state.remove_dir(cdir)
 
 
 def run(root: str, container_id: str, bundle: str, *, detach: bool = False, pid_file: str | None = None,
@@ -427,7 +428,7 @@ def run(root: str, container_id: str, bundle: str, *, detach: bool = False, pid_
 
 
 def _wait_forwarding_signals(pid: int) -> int:
-    import signal
+    import _signal as signal
 
     def forward(signum: int, _frame: object) -> None:
         try:
@@ -452,6 +453,7 @@ def exec_process(root: str, container_id: str, process: dict, *, detach: bool = 
     state.check_transition("exec", status, container_id)
     saved = _saved(cdir)
     init_pid = record["pid"]
+    init.preload(process, saved.seccomp, False)
     console_fd = connect_console_socket(console_socket) if console_socket else None
     sync = ParentSync()
     try:

@@ -6,8 +6,9 @@ capability changes, and later cgroup writes and netlink changes) calls
 run printed with `--explain` can be replayed by hand. Disabled, a step costs one
 attribute check. Leaf module: imports nothing of hanok.
 """
+from __future__ import annotations
+
 import os
-from typing import Iterable
 
 # File descriptor the trace is written to, or None when tracing is off. A raw fd
 # (not sys.stderr) so forked children inside the namespaces can write to it
@@ -19,6 +20,7 @@ def enable(fd: int = 2) -> None:
     """Start printing steps to `fd` (default stderr)."""
     global _fd
     _fd = fd
+    import shlex  # noqa: F401 - loaded now: quote() may run inside a container's root
 
 
 def disable() -> None:
@@ -41,7 +43,7 @@ def step(command: str, why: str = "") -> None:
         pass
 
 
-def quote(words: Iterable[str]) -> str:
+def quote(words: "Iterable[str]") -> str:
     """Join words as a shell would need them quoted."""
     import shlex  # only when tracing: keeps `re` off the hot path
 

@@ -7,11 +7,10 @@ Only imported when a config has hooks, so `subprocess` stays off the hot path.
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
-from hanok.runtime import explain
+from hanok.runtime import explain, jsonio
 from hanok.runtime.errors import HookError
 
 FATAL_KINDS = frozenset({"prestart", "createRuntime", "createContainer", "startContainer"})
@@ -19,7 +18,7 @@ FATAL_KINDS = frozenset({"prestart", "createRuntime", "createContainer", "startC
 
 def run(kind: str, hooks: list[dict], state: dict) -> None:
     """Run every hook of one kind; raise HookError (fatal kinds) or warn."""
-    payload = json.dumps(state).encode()
+    payload = jsonio.dumps(state).encode()
     for index, hook in enumerate(hooks):
         try:
             _run_one(hook, payload)

@@ -12,7 +12,7 @@ that (at `start` time) are written to the container's stderr.
 from __future__ import annotations
 
 import os
-import signal
+import _signal as signal  # the C module: `signal` would import enum
 
 from hanok.runtime import explain, rootfs
 from hanok.runtime import syscalls as sc
@@ -101,14 +101,18 @@ def unshare(cfg: Config, kinds: list[str]) -> None:
 def loopback_up() -> None:
     """A new network namespace starts with lo down; containers expect it up."""
     import fcntl
-    import socket
     import struct
 
+    import _socket  # the C module: `socket` would pull in enum and selectors
+
     explain.step("ip link set lo up")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
         ifreq = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(s, SIOCGIFFLAGS, ifreq))[1]
-        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, ifreq))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+    finally:
+        s.close()
 
 
 def mark_fds_cloexec(keep_upto: int) -> None:
@@ -212,10 +216,14 @@ def preload(process: dict, seccomp: dict | None, hooks: bool) -> None:
     """Import now what the steps after pivot_root/setns(mnt) need.
 
     Once the process is inside the container's root, the host's Python standard
-    library is out of reach, so a lazy import there would fail.
+    library is out of reach, so a lazy import there would fail; in a user
+    namespace even the host's files may not be readable. So the parent calls
+    this before forking, and the children inherit the loaded modules.
     """
+    import _socket  # noqa: F401
     import fcntl  # noqa: F401
     import resource  # noqa: F401
+    import struct  # noqa: F401
 
     from hanok.runtime import security  # noqa: F401
 
@@ -238,7 +246,6 @@ def container_init(cfg: Config, sync: Sync, state_dir_fd: int, *, console_sock: 
     try:
         os.setsid()
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
-        preload(cfg.process, cfg.seccomp, "startContainer" in cfg.hooks)
         mark_fds_cloexec(2 + preserve_fds)
         join_namespaces({k: p for k, p in cfg.namespaces.items() if p is not None},
                         skip=("user", "pid", "time"))
@@ -304,7 +311,7 @@ def container_init(cfg: Config, sync: Sync, state_dir_fd: int, *, console_sock: 
         if "startContainer" in cfg.hooks:
             from hanok.runtime import hooks
 
-            hooks.run("startContainer", cfg.hooks["startContainer"], dict(state_json, status="running"))
+            hooks.run("startContainer", cfg.hooks["startContainer"], dict(state_json, status="created"))
         finish_and_exec(process, cfg.seccomp, executable)
     except BaseException as e:  # noqa: BLE001
         _die(e)
@@ -365,7 +372,6 @@ def exec_process(cfg: Config, process: dict, init_pid: int, sync: Sync, *,
     try:
         os.setsid()
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
-        preload(process, cfg.seccomp, False)
         mark_fds_cloexec(2 + preserve_fds)
         ns_paths = {kind: f"/proc/{init_pid}/ns/{NS_PROC_NAME[kind]}" for kind in cfg.namespaces}
         join_namespaces(ns_paths, skip=("pid", "time"))  # pid/time were joined by the parent

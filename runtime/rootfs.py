@@ -27,7 +27,7 @@ _MAX_SYMLINKS = 40
 
 def _flag_words(flags: int) -> str:
     words = [name for name, (clear, bit) in _FLAG_NAMES if not clear and flags & bit and
-             bit not in (sc.MS_BIND, sc.MS_BIND | sc.MS_REC)]
+             bit not in (sc.MS_BIND, sc.MS_BIND | sc.MS_REC, sc.MS_REMOUNT)]
     return ",".join(words)
 
 
@@ -177,49 +177,63 @@ def mount_one(cfg: Config, m: Mount, in_userns: bool) -> None:
     if m.is_bind:
         source_is_dir = os.path.isdir(m.source or "")
         path = _ensure_target(root, m.destination, source_is_dir)
+        shown = os.path.join(root, m.destination.lstrip("/"))
         fd = _open_target(root, path)
         try:
-            target = f"/proc/self/fd/{fd}"
-            shown = os.path.join(root, m.destination.lstrip("/"))
-            mount(m.source, target, None, sc.MS_BIND | (m.flags & sc.MS_REC), shown_target=shown)
-            extra = m.flags & ~(sc.MS_BIND | sc.MS_REC)
-            if extra:
-                # bind mounts ignore flags on the first call: remount to apply ro, nosuid, ...
-                mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | extra | _locked_flags(target),
-                      shown_target=shown)
-            if m.propagation:
-                mount(None, target, None, m.propagation, shown_target=shown)
+            mount(m.source, f"/proc/self/fd/{fd}", None, sc.MS_BIND | (m.flags & sc.MS_REC), shown_target=shown)
         finally:
             os.close(fd)
+        extra = m.flags & ~(sc.MS_BIND | sc.MS_REC)
+        if extra or m.propagation:
+            # Bind mounts ignore flags on the first call: remount to apply ro,
+            # nosuid, ... An fd opened before the mount names the directory
+            # *under* it, so open the new mount's root afresh.
+            fd = _open_target(root, path)
+            try:
+                target = f"/proc/self/fd/{fd}"
+                if extra:
+                    mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | extra | _locked_flags(target),
+                          shown_target=shown)
+                if m.propagation:
+                    mount(None, target, None, m.propagation, shown_target=shown)
+            finally:
+                os.close(fd)
         return
 
     path = _ensure_target(root, m.destination, True)
-    fd = _open_target(root, path)
-    target = f"/proc/self/fd/{fd}"
     shown = os.path.join(root, m.destination.lstrip("/"))
+    fstype = _cgroup_fstype() if m.type == "cgroup" else m.type
     try:
-        fstype = m.type
-        if fstype == "cgroup":
-            fstype = _cgroup_fstype()
+        fd = _open_target(root, path)
         try:
-            mount(m.source or fstype, target, fstype, m.flags, m.data or None, shown_target=shown)
+            mount(m.source or fstype, f"/proc/self/fd/{fd}", fstype, m.flags, m.data or None, shown_target=shown)
         except PermissionError:
-            if fstype == "sysfs" and (in_userns or "network" not in cfg.namespaces):
-                # sysfs can only be mounted by the owner of the network namespace:
-                # fall back to the host's, read-only, as runc does
-                mount("/sys", target, None, sc.MS_BIND | sc.MS_REC, shown_target=shown)
-                mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _locked_flags(target),
-                      shown_target=shown)
-            else:
+            if fstype != "sysfs" or not (in_userns or "network" not in cfg.namespaces):
                 raise
+            # sysfs can only be mounted by the owner of the network namespace:
+            # fall back to the host's, read-only, as runc does
+            mount("/sys", f"/proc/self/fd/{fd}", None, sc.MS_BIND | sc.MS_REC, shown_target=shown)
+            _remount_top(root, path, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY, shown)
+        finally:
+            os.close(fd)
         if m.propagation:
-            mount(None, target, None, m.propagation, shown_target=shown)
+            _remount_top(root, path, m.propagation, shown)
     except OSError as e:
         raise HanokError(f"mount {m.destination} ({m.type}): {e.strerror}") from None
-    finally:
-        os.close(fd)
     if m.destination == "/proc" and sc.fs_type(path) != sc.PROC_SUPER_MAGIC:
         raise SpecError("/proc is not a procfs after mounting it; refusing to continue")
+
+
+def _remount_top(root: str, path: str, flags: int, shown: str) -> None:
+    """Change flags or propagation of the mount now on top of `path`."""
+    fd = _open_target(root, path)
+    try:
+        target = f"/proc/self/fd/{fd}"
+        if flags & sc.MS_REMOUNT:
+            flags |= _locked_flags(target)
+        mount(None, target, None, flags, shown_target=shown)
+    finally:
+        os.close(fd)
 
 
 def _cgroup_fstype() -> str:

@@ -8,9 +8,9 @@ Kept import-light on purpose (json only): `create` and `run` are hot paths.
 """
 from __future__ import annotations
 
-import json
 import os
 
+from hanok.runtime import jsonio
 from hanok.runtime.errors import NotFound, NotSupported, SpecError
 from hanok.runtime import syscalls as sc
 
@@ -214,8 +214,7 @@ def load(bundle: str) -> Config:
     bundle = os.path.abspath(bundle)
     path = os.path.join(bundle, "config.json")
     try:
-        with open(path, "rb") as f:
-            raw = json.load(f)
+        raw = jsonio.load_file(path)
     except FileNotFoundError:
         if not os.path.isdir(bundle):
             raise NotFound(f"bundle {bundle} does not exist") from None

@@ -14,10 +14,10 @@ fake; the exec fifo says whether `start` has happened.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
+from hanok.runtime import jsonio
 from hanok.runtime.errors import BadState, Exists, InvalidArgument, NotFound
 
 CREATING = "creating"
@@ -118,15 +118,14 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
 
 
 def save(cdir: str, record: dict) -> None:
-    write_atomic(os.path.join(cdir, STATE_FILE), json.dumps(record).encode())
+    write_atomic(os.path.join(cdir, STATE_FILE), jsonio.dumps(record).encode())
 
 
 def load(root: str, container_id: str) -> tuple[str, dict]:
     """Return (container dir, record); NotFound with runc's text if absent."""
     cdir = container_dir(root, container_id)
     try:
-        with open(os.path.join(cdir, STATE_FILE), "rb") as f:
-            return cdir, json.load(f)
+        return cdir, jsonio.load_file(os.path.join(cdir, STATE_FILE))  # type: ignore[return-value]
     except FileNotFoundError:
         raise NotFound("container does not exist") from None
     except ValueError:
@@ -134,8 +133,21 @@ def load(root: str, container_id: str) -> tuple[str, dict]:
 
 
 def load_config(cdir: str) -> dict:
-    with open(os.path.join(cdir, CONFIG_FILE), "rb") as f:
-        return json.load(f)
+    return jsonio.load_file(os.path.join(cdir, CONFIG_FILE))  # type: ignore[return-value]
+
+
+def remove_dir(cdir: str) -> None:
+    """Remove a container's state dir (flat: a few files, no subdirectories)."""
+    try:
+        names = os.listdir(cdir)
+    except FileNotFoundError:
+        return
+    for name in names:
+        try:
+            os.unlink(os.path.join(cdir, name))
+        except FileNotFoundError:
+            pass
+    os.rmdir(cdir)
 
 
 def make_dir(root: str, container_id: str) -> str:
