@@ -459,42 +459,78 @@ _OCI_HANDLERS = {
 
 
 def hanok_main() -> None:
-    """Entry point of `hanok`, the CLI for people and node agents (click)."""
+    """Entry point of `hanok`, the CLI for people and node agents (click).
+
+    Images, networks and pods arrive with their issues; today it makes bundles
+    and runs them, with exit codes as docker's: 125 when hanok itself fails,
+    126/127 when the command cannot be invoked / is not found, else the
+    container's own code.
+    """
     import click
+
+    from hanok.runtime.errors import HanokError
+
+    def fail(error: HanokError) -> None:
+        click.echo(f"hanok: {error}", err=True)
+        code = error.exit_code if error.exit_code in (126, 127) else 125
+        sys.exit(code)
 
     @click.group(context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(__version__, prog_name="hanok")
     def hanok() -> None:
-        """hanok: run containers from OCI bundles (images, networks and pods come next).
+        """hanok: a daemonless container runtime built on raw Linux primitives.
 
         \b
         Example:
-          hanok run ./mybundle demo
+          hanok bundle busybox /tmp/demo
+          hanok run /tmp/demo
         """
+
+    @hanok.group("bundle")
+    def bundle_group() -> None:
+        """Make OCI bundles (config.json + rootfs)."""
+
+    @bundle_group.command("busybox")
+    @click.argument("directory", type=click.Path(file_okay=False))
+    @click.argument("command", nargs=-1)
+    @click.option("--busybox", "busybox_path", default="/bin/busybox", show_default=True,
+                  help="static busybox binary to build the rootfs from")
+    def bundle_busybox(directory: str, command: tuple[str, ...], busybox_path: str) -> None:
+        """Make a bundle in DIRECTORY from a static busybox (needs no internet).
+
+        \b
+        Example:
+          hanok bundle busybox /tmp/demo -- sh -c 'echo hi from $(hostname)'
+        """
+        from hanok.runtime import bundle
+
+        try:
+            bundle.busybox_bundle(directory, list(command) or None, busybox=busybox_path)
+        except HanokError as e:
+            fail(e)
+        click.echo(directory)
 
     @hanok.command("run")
     @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
-    @click.argument("name")
+    @click.option("--name", default=None, help="container id (default: hanok-<pid>)")
     @click.option("--root", default="/run/hanok", show_default=True, help="state directory")
-    @click.option("--explain", is_flag=True, help="print every kernel-level step as a shell command")
-    def run_cmd(bundle: str, name: str, root: str, explain: bool) -> None:
-        """Run the bundle BUNDLE as container NAME in the foreground; exit with its code.
+    @click.option("--explain", is_flag=True, help="print every kernel-level step as a shell command (stderr)")
+    def run_cmd(bundle: str, name: str | None, root: str, explain: bool) -> None:
+        """Run the bundle BUNDLE in the foreground and exit with the container's code.
 
         \b
         Example:
-          hanok run --explain ./mybundle demo
+          hanok run --explain /tmp/demo
         """
         from hanok.runtime import container
         from hanok.runtime import explain as trace
-        from hanok.runtime.errors import HanokError
 
         if explain:
             trace.enable(2)
         try:
-            code = container.run(root, name, bundle)
+            code = container.run(root, name or f"hanok-{os.getpid()}", bundle)
         except HanokError as e:
-            click.echo(f"hanok: {e}", err=True)
-            sys.exit(125)
+            fail(e)
         sys.exit(code)
 
     hanok(prog_name="hanok")

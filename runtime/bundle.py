@@ -90,3 +90,49 @@ def features() -> dict:
         "annotations": {"org.opencontainers.runtime-spec.features": OCI_VERSION,
                         "io.github.hanok.version": __version__},
     }
+
+
+BUSYBOX = "/bin/busybox"
+
+
+def busybox_bundle(path: str, args: list[str] | None = None, busybox: str = BUSYBOX,
+                   hostname: str = "hanok") -> str:
+    """Make a runnable bundle from a static busybox: the no-internet default.
+
+    The rootfs holds busybox and one symlink per applet; config.json is the
+    default spec without a terminal, so it runs in any caller's stdio.
+    """
+    import os
+    import shutil
+    import subprocess
+
+    from hanok.runtime import jsonio
+    from hanok.runtime.errors import Exists, NotFound
+
+    if not os.path.isfile(busybox):
+        raise NotFound(f"{busybox} not found: install Debian's busybox-static (apt-get install busybox-static)")
+    config_path = os.path.join(path, "config.json")
+    if os.path.exists(config_path):
+        raise Exists(f"{config_path} exists; choose an empty directory")
+    rootfs = os.path.join(path, "rootfs")
+    bin_dir = os.path.join(rootfs, "bin")
+    os.makedirs(bin_dir, exist_ok=True)
+    for d in ("proc", "sys", "dev", "tmp", "etc", "root", "var", "run"):
+        os.makedirs(os.path.join(rootfs, d), exist_ok=True)
+    os.chmod(os.path.join(rootfs, "tmp"), 0o1777)
+    shutil.copy2(busybox, os.path.join(bin_dir, "busybox"))
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for applet in applets:
+        link = os.path.join(bin_dir, applet)
+        if applet != "busybox" and not os.path.lexists(link):
+            os.symlink("busybox", link)
+    with open(os.path.join(rootfs, "etc", "passwd"), "w") as f:
+        f.write("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+    with open(os.path.join(rootfs, "etc", "group"), "w") as f:
+        f.write("root:x:0:\nnogroup:x:65534:\n")
+    spec = default_spec(args=args or ["sh", "-c", "echo hello from $(hostname), pid $$; id"])
+    spec["process"]["terminal"] = False
+    spec["hostname"] = hostname
+    with open(config_path, "w") as f:
+        f.write(jsonio.dumps(spec, indent=2) + "\n")
+    return path
