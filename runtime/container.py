@@ -15,6 +15,9 @@ from hanok.runtime import syscalls as sc
 from hanok.runtime.errors import BadState, HanokError, NotFound, NotSupported
 from hanok.runtime.process import ParentSync, raise_child_error
 
+if False:  # typing only; keeps spec's import cost off `state`/`kill`
+    from hanok.runtime.spec import Config
+
 FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGCONT")
 
 
@@ -30,12 +33,16 @@ class _Saved:
 
 def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = None,
            console_socket: str | None = None, no_pivot: bool = False, no_new_keyring: bool = False,
-           preserve_fds: int = 0) -> int:
-    """Set the container up and leave its init waiting for `start`; return the init's pid."""
+           preserve_fds: int = 0, config: "Config | None" = None, console_fd: int | None = None) -> int:
+    """Set the container up and leave its init waiting for `start`; return the init's pid.
+
+    `config` saves `run` from reading config.json twice; `console_fd` is an
+    already connected console socket (how `run` gets the pty it relays).
+    """
     from hanok.runtime import init, spec
 
     state.validate_id(container_id)
-    cfg = spec.load(bundle)
+    cfg = config or spec.load(bundle)
     cdir = state.make_dir(root, container_id)
     init_pid = 0
     our_child = False
@@ -49,7 +56,6 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
         os.chmod(os.path.join(cdir, state.FIFO), 0o622)  # mkfifo's mode is umasked
         dir_fd = os.open(cdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         fds.append(dir_fd)
-        console_fd = None
         if console_socket:
             from hanok.runtime.process import connect_console_socket
 
@@ -401,22 +407,50 @@ def run(root: str, container_id: str, bundle: str, *, detach: bool = False, pid_
         preserve_fds: int = 0) -> int:
     """create + start; in the foreground also wait, forward signals, delete, and
     return the container's exit code (128+N when a signal killed it)."""
+    from hanok.runtime import spec
     from hanok.runtime.process import exit_status, set_subreaper
 
+    state.validate_id(container_id)
+    cfg = spec.load(bundle)
+    relay_pty = bool(cfg.process.get("terminal")) and not console_socket
+    if relay_pty and detach:
+        raise HanokError("cannot allocate a terminal for a detached container without --console-socket")
     if not detach:
         # a user-namespace container's init is our grandchild: adopt it when the
         # intermediate exits, so we can wait for it
         set_subreaper()
-    pid = create(root, container_id, bundle, pid_file=pid_file, console_socket=console_socket,
-                 no_pivot=no_pivot, no_new_keyring=no_new_keyring, preserve_fds=preserve_fds)
+    ours = theirs = master = -1
+    if relay_pty:
+        from hanok.runtime.process import console_pair
+
+        ours, theirs = console_pair()
     try:
-        start(root, container_id)
-    except BaseException:
-        delete(root, container_id, force=True)
-        raise
-    if detach:
-        return 0
-    status = _wait_forwarding_signals(pid)
+        pid = create(root, container_id, bundle, pid_file=pid_file, console_socket=console_socket,
+                     no_pivot=no_pivot, no_new_keyring=no_new_keyring, preserve_fds=preserve_fds,
+                     config=cfg, console_fd=theirs if relay_pty else None)
+        if relay_pty:
+            from hanok.runtime.process import receive_pty_master
+
+            os.close(theirs)
+            theirs = -1
+            master = receive_pty_master(ours)
+        try:
+            start(root, container_id)
+        except BaseException:
+            delete(root, container_id, force=True)
+            raise
+        if detach:
+            return 0
+        if relay_pty:
+            from hanok.runtime.process import relay_pty_until_exit
+
+            status = relay_pty_until_exit(master, pid)
+        else:
+            status = _wait_forwarding_signals(pid)
+    finally:
+        for fd in (ours, theirs, master):
+            if fd >= 0:
+                os.close(fd)
     while True:  # reap anything else we adopted as subreaper
         try:
             if os.waitpid(-1, os.WNOHANG)[0] == 0:

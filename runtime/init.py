@@ -25,6 +25,8 @@ from hanok.runtime.spec import NAMESPACE_FLAGS, NS_PROC_NAME, RLIMIT_NUMBER, Con
 JOIN_ORDER = ("user", "ipc", "uts", "network", "pid", "cgroup", "time", "mount")
 UNSHARE_NAMES = {"mount": "--mount", "uts": "--uts", "ipc": "--ipc", "network": "--net",
                  "pid": "--pid --fork", "cgroup": "--cgroup", "time": "--time", "user": "--user"}
+TIOCGPTN = 0x80045430  # asm-generic ioctls, same on x86_64 and aarch64; not in termios
+TIOCSPTLCK = 0x40045431
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
@@ -192,8 +194,8 @@ def setup_terminal(console_sock: int) -> None:
     import termios
 
     master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    fcntl.ioctl(master, termios.TIOCSPTLCK, b"\0\0\0\0")
-    ptn = int.from_bytes(fcntl.ioctl(master, termios.TIOCGPTN, b"\0\0\0\0"), "little")
+    fcntl.ioctl(master, TIOCSPTLCK, b"\0\0\0\0")
+    ptn = int.from_bytes(fcntl.ioctl(master, TIOCGPTN, b"\0\0\0\0"), "little")
     slave_path = f"/dev/pts/{ptn}"
     slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY)
     explain.step(f"# pty {slave_path}: master sent over the console socket (SCM_RIGHTS)")
@@ -208,8 +210,12 @@ def setup_terminal(console_sock: int) -> None:
     if slave > 2:
         os.close(slave)
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-    if os.path.exists("/dev/console"):
+    try:
+        if not os.path.lexists("/dev/console"):
+            os.close(os.open("/dev/console", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
         rootfs.mount(slave_path, "/dev/console", None, sc.MS_BIND)
+    except OSError:
+        pass  # a read-only /dev without a console node: the pty still works
 
 
 def preload(process: dict, seccomp: dict | None, hooks: bool) -> None:
@@ -271,7 +277,7 @@ def container_init(cfg: Config, sync: Sync, state_dir_fd: int, *, console_sock: 
         for key, value in cfg.sysctl.items():
             rootfs.check_proc("/proc")
             write_proc("/proc/sys/" + key.replace(".", "/"), value)
-        rootfs.finish(cfg, None)
+        rootfs.finish(cfg)
         process = cfg.process
         if process.get("oomScoreAdj") is not None:
             write_proc("/proc/self/oom_score_adj", str(process["oomScoreAdj"]))

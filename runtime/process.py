@@ -118,6 +118,95 @@ def connect_console_socket(path: str) -> int:
     return fd
 
 
+def console_pair() -> tuple[int, int]:
+    """A connected socket pair standing in for a console socket (`run` in a terminal)."""
+    import socket
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return ours.detach(), theirs.detach()
+
+
+def receive_pty_master(sock_fd: int) -> int:
+    """Receive the pty master fd the init sends over the console socket."""
+    import socket
+
+    sock = socket.socket(fileno=os.dup(sock_fd))
+    try:
+        _, fds, _, _ = socket.recv_fds(sock, 4096, 1)
+    finally:
+        sock.close()
+    if not fds:
+        raise HanokError("the container did not send its terminal")
+    os.set_inheritable(fds[0], False)
+    return fds[0]
+
+
+def relay_pty_until_exit(master: int, pid: int) -> int:
+    """Copy our terminal to the container's pty and back until `pid` exits.
+
+    Our terminal goes raw so that ^C, ^Z and the like reach the container's
+    line discipline instead of killing us; window size changes are copied.
+    Returns the wait status.
+    """
+    import fcntl
+    import select
+    import signal
+    import termios
+
+    interactive = os.isatty(0)
+    saved = termios.tcgetattr(0) if interactive else None
+
+    def copy_winsize(*_: object) -> None:
+        if interactive:
+            size = fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8)
+            fcntl.ioctl(master, termios.TIOCSWINSZ, size)
+
+    copy_winsize()
+    signal.signal(signal.SIGWINCH, copy_winsize)
+    if interactive:
+        import tty
+
+        tty.setraw(0)
+    readers = [master, 0]
+    status = None
+    try:
+        while status is None:
+            ready, _, _ = select.select(readers, [], [], 0.2)
+            if master in ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: every slave fd is closed, the process is gone
+                    data = b""
+                if data:
+                    os.write(1, data)
+                else:
+                    readers.remove(master)
+            if 0 in ready:
+                data = os.read(0, 65536)
+                if data:
+                    os.write(master, data)
+                else:
+                    readers.remove(0)
+            done, wait_status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = wait_status
+        while True:  # drain what the process wrote last
+            ready, _, _ = select.select([master], [], [], 0)
+            if not ready:
+                break
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            os.write(1, data)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+    return status
+
+
 def wait_gone(pid: int, start_time: int | None, timeout: float = 10.0) -> bool:
     """Wait until a process (not necessarily our child) has exited."""
     from hanok.runtime.state import proc_start_time

@@ -15,7 +15,7 @@ import stat
 from hanok.runtime import explain
 from hanok.runtime import syscalls as sc
 from hanok.runtime.errors import HanokError, SpecError
-from hanok.runtime.spec import Config, Mount
+from hanok.runtime.spec import MOUNT_FLAGS, Config, Mount
 
 # name, major, minor of the devices every container gets (runtime-spec "Default Devices")
 DEFAULT_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
@@ -23,10 +23,12 @@ DEFAULT_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1,
 DEV_LINKS = (("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"), ("/proc/self/fd/1", "stdout"),
              ("/proc/self/fd/2", "stderr"), ("pts/ptmx", "ptmx"))
 _MAX_SYMLINKS = 40
+PROPAGATION_NAMES = (("private", sc.MS_PRIVATE), ("slave", sc.MS_SLAVE), ("shared", sc.MS_SHARED),
+                     ("unbindable", sc.MS_UNBINDABLE))
 
 
 def _flag_words(flags: int) -> str:
-    words = [name for name, (clear, bit) in _FLAG_NAMES if not clear and flags & bit and
+    words = [name for name, (clear, bit) in MOUNT_FLAGS.items() if not clear and flags & bit and
              bit not in (sc.MS_BIND, sc.MS_BIND | sc.MS_REC, sc.MS_REMOUNT)]
     return ",".join(words)
 
@@ -54,14 +56,6 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, d
     """mount(2) reported to the teaching trace (as `shown_target` when mounting via an fd)."""
     _trace_mount(source, shown_target or target, fstype, flags, data)
     sc.mount(source, target, fstype, flags, data)
-
-
-from hanok.runtime.spec import MOUNT_FLAGS as _MF, PROPAGATION_FLAGS as _PF  # noqa: E402
-
-_FLAG_NAMES = tuple(_MF.items())
-PROPAGATION_NAMES = (("private", sc.MS_PRIVATE), ("slave", sc.MS_SLAVE), ("shared", sc.MS_SHARED),
-                     ("unbindable", sc.MS_UNBINDABLE))
-del _PF
 
 
 def resolve_in_root(root: str, path: str) -> str:
@@ -307,13 +301,8 @@ def pivot(cfg: Config, no_pivot: bool) -> None:
     os.chdir("/")
 
 
-def finish(cfg: Config, console_path: str | None) -> None:
-    """After pivot_root: console, masked and read-only paths, read-only root."""
-    if console_path:
-        path = "/dev/console"
-        if not os.path.lexists(path):
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
-        mount(console_path, path, None, sc.MS_BIND)
+def finish(cfg: Config) -> None:
+    """After pivot_root: masked and read-only paths, read-only root."""
     if (cfg.masked_paths or cfg.readonly_paths) and os.path.isdir("/proc"):
         check_proc("/proc")
     for path in cfg.masked_paths:
