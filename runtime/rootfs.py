@@ -27,6 +27,27 @@ PROPAGATION_NAMES = (("private", sc.MS_PRIVATE), ("slave", sc.MS_SLAVE), ("share
                      ("unbindable", sc.MS_UNBINDABLE))
 
 
+class Kernel:
+    """The privileged calls this module makes, in one replaceable place.
+
+    Borrowed from youki: unit tests swap `kernel` for a recording stand-in, so
+    the mount logic (order, flags, where each destination resolves) is tested
+    without root, while everything else (mkdir, symlink resolution, O_PATH
+    checks) runs for real on a temporary directory.
+    """
+
+    mount = staticmethod(sc.mount)
+    umount2 = staticmethod(sc.umount2)
+    pivot_root = staticmethod(sc.pivot_root)
+    chroot = staticmethod(os.chroot)
+    mknod = staticmethod(os.mknod)
+    chown = staticmethod(os.chown)
+    fs_type = staticmethod(sc.fs_type)
+
+
+kernel = Kernel()
+
+
 def _flag_words(flags: int) -> str:
     words = [name for name, (clear, bit) in MOUNT_FLAGS.items() if not clear and flags & bit and
              bit not in (sc.MS_BIND, sc.MS_BIND | sc.MS_REC, sc.MS_REMOUNT)]
@@ -55,7 +76,7 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, d
           shown_target: str | None = None) -> None:
     """mount(2) reported to the teaching trace (as `shown_target` when mounting via an fd)."""
     _trace_mount(source, shown_target or target, fstype, flags, data)
-    sc.mount(source, target, fstype, flags, data)
+    kernel.mount(source, target, fstype, flags, data)
 
 
 def resolve_in_root(root: str, path: str) -> str:
@@ -214,7 +235,7 @@ def mount_one(cfg: Config, m: Mount, in_userns: bool) -> None:
             _remount_top(root, path, m.propagation, shown)
     except OSError as e:
         raise HanokError(f"mount {m.destination} ({m.type}): {e.strerror}") from None
-    if m.destination == "/proc" and sc.fs_type(path) != sc.PROC_SUPER_MAGIC:
+    if m.destination == "/proc" and kernel.fs_type(path) != sc.PROC_SUPER_MAGIC:
         raise SpecError("/proc is not a procfs after mounting it; refusing to continue")
 
 
@@ -268,8 +289,8 @@ def create_devices(cfg: Config, in_userns: bool, defaults: bool = True) -> None:
                 continue
             type_bits = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}[kind]
             explain.step(f"mknod -m {mode & 0o7777:o} {target} {'p' if kind == 'p' else kind + f' {major} {minor}'}")
-            os.mknod(target, type_bits | (mode & 0o7777), os.makedev(major, minor))
-            os.chown(target, uid, gid)
+            kernel.mknod(target, type_bits | (mode & 0o7777), os.makedev(major, minor))
+            kernel.chown(target, uid, gid)
     finally:
         os.umask(old_umask)
     if defaults:
@@ -288,16 +309,16 @@ def pivot(cfg: Config, no_pivot: bool) -> None:
     if no_pivot:
         mount(root, "/", None, sc.MS_MOVE)
         explain.step(f"chroot {root}")
-        os.chroot(".")
+        kernel.chroot(".")
         os.chdir("/")
         return
     explain.step(f"cd {root} && pivot_root . .", "the rootfs becomes /, the old root stacks on top")
-    sc.pivot_root(".", ".")
+    kernel.pivot_root(".", ".")
     # The old root now sits on top of "/": make sure its unmount cannot propagate
     # to the host, then lazily detach it. Nothing of the host remains reachable.
     mount(None, ".", None, sc.MS_SLAVE | sc.MS_REC, shown_target="/")
     explain.step("umount -l /", "detach the old root (the host's tree)")
-    sc.umount2(".", sc.MNT_DETACH)
+    kernel.umount2(".", sc.MNT_DETACH)
     os.chdir("/")
 
 
@@ -316,7 +337,7 @@ def finish(cfg: Config) -> None:
 def check_proc(path: str) -> None:
     """Refuse to write through a /proc that is not the kernel's procfs."""
     try:
-        kind = sc.fs_type(path)
+        kind = kernel.fs_type(path)
     except OSError:
         return
     if kind != sc.PROC_SUPER_MAGIC:
