@@ -104,7 +104,7 @@ GLOBAL_FLAGS: _O = {
 
 
 class UsageError(Exception):
-    """Wrong command line: printed with the usage line, exit status 2... as runc: 1."""
+    """A malformed command line: one line on stderr and exit status 1, as runc does."""
 
 
 def _parse_flags(argv: list[str], table: _O, stop_at_positional: bool) -> tuple[dict, list[str]]:
@@ -199,6 +199,7 @@ def oci_main(argv: list[str] | None = None) -> int:
     """Entry point of `hanok-oci`: returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     log = _Logger(None, "text")
+    gflags: dict = {}
     try:
         if not argv or argv[0] in ("-h", "--help", "help"):
             sys.stdout.write(_usage())
@@ -208,31 +209,26 @@ def oci_main(argv: list[str] | None = None) -> int:
 
             sys.stdout.write(f"hanok-oci version {__version__}\nspec: {OCI_VERSION}\n")
             return 0
-        # global flags come before the command
-        gflags: dict = {}
-        i = 0
-        while i < len(argv) and argv[i].startswith("-"):
-            if argv[i] in ("-h", "--help"):
-                sys.stdout.write(_usage())
-                return 0
-            values, _ = _parse_flags(argv[i:i + (1 if "=" in argv[i] or GLOBAL_FLAGS.get(argv[i], ("", False))[1] is False else 2)],
-                                     GLOBAL_FLAGS, False)
-            gflags.update(values)
-            i += 1 if "=" in argv[i] or GLOBAL_FLAGS.get(argv[i], ("", False, ""))[1] is False else 2
-        if i >= len(argv):
-            raise UsageError("no command given")
-        command, rest = argv[i], argv[i + 1:]
+        if "-h" in argv[:1] or "--help" in argv[:1]:
+            sys.stdout.write(_usage())
+            return 0
+        # global flags come before the command: everything up to the first word
+        # that names a command
+        split = next((i for i, arg in enumerate(argv) if arg in OCI_COMMANDS
+                      and (i == 0 or not _takes_value(argv[i - 1]))), len(argv))
+        gflags, stray = _parse_flags(argv[:split], GLOBAL_FLAGS, False)
         log = _Logger(gflags.get("log"), gflags.get("log_format", "text"))
+        if stray or split == len(argv):
+            raise UsageError(f"no such command: {stray[0]}" if stray else "no command given")
+        command, rest = argv[split], argv[split + 1:]
         if command not in OCI_COMMANDS:
             raise UsageError(f"no such command: {command}")
         if "-h" in rest or "--help" in rest:
             sys.stdout.write(_usage(command))
             return 0
         _, _, table, positional = OCI_COMMANDS[command]
+        # exec: everything after the ID is the command line, flags included
         opts, args = _parse_flags(rest, table, stop_at_positional=command == "exec")
-        if command == "exec" and args:
-            # flags may also follow the ID in some callers: only before ARGS
-            pass
         need = [p for p in positional if not p.endswith(("?", "*"))]
         if len(args) < len(need):
             raise UsageError(f"{command} requires {' '.join(need)}")
@@ -258,14 +254,18 @@ def oci_main(argv: list[str] | None = None) -> int:
         if isinstance(e, OSError):
             log.error(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
             return 1
-        if gflags_debug():
-            raise
-        log.error(f"internal error: {type(e).__name__}: {e}")
+        if gflags.get("debug"):
+            import traceback
+
+            traceback.print_exc()
+        log.error(f"internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)")
         return 1
 
 
-def gflags_debug() -> bool:
-    return bool(os.environ.get("HANOK_DEBUG"))
+def _takes_value(arg: str) -> bool:
+    """True for a global flag written without `=` that consumes the next word."""
+    spec = GLOBAL_FLAGS.get(arg)
+    return spec is not None and spec[1] is not False
 
 
 def _int_opt(opts: dict, name: str) -> int:
