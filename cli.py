@@ -100,7 +100,12 @@ GLOBAL_FLAGS: _O = {
     "--rootless": ("rootless", True, "true, false or auto"),
     "--criu": ("criu", True, "ignored (checkpointing is not supported)"),
     "--explain": ("explain", False, "print every kernel-level step as a shell command (stderr)"),
+    "--help": ("help", False, ""),
+    "-h": ("help", False, ""),
+    "--version": ("version", False, ""),
+    "-v": ("version", False, ""),
 }
+HELP_FLAGS: _O = {"--help": ("help", False, ""), "-h": ("help", False, "")}
 
 
 class UsageError(Exception):
@@ -161,7 +166,7 @@ def _usage(command: str | None = None) -> str:
              "commands:"]
     lines += [f"  {name:<10} {summary}" for name, (_, summary, _, _) in OCI_COMMANDS.items()]
     lines += ["", "global options:"]
-    lines += [f"  {flag:<20} {text}" for flag, (_, _, text) in GLOBAL_FLAGS.items()]
+    lines += [f"  {flag:<20} {text}" for flag, (_, _, text) in GLOBAL_FLAGS.items() if text]
     lines += ["  --version, -v        print the version", "  --help, -h           this help", "",
               "example: hanok-oci --root /run/hanok-oci run --bundle ./mybundle demo"]
     return "\n".join(lines) + "\n"
@@ -209,26 +214,28 @@ def oci_main(argv: list[str] | None = None) -> int:
 
             sys.stdout.write(f"hanok-oci version {__version__}\nspec: {OCI_VERSION}\n")
             return 0
-        if "-h" in argv[:1] or "--help" in argv[:1]:
-            sys.stdout.write(_usage())
-            return 0
         # global flags come before the command: everything up to the first word
         # that names a command
         split = next((i for i, arg in enumerate(argv) if arg in OCI_COMMANDS
                       and (i == 0 or not _takes_value(argv[i - 1]))), len(argv))
         gflags, stray = _parse_flags(argv[:split], GLOBAL_FLAGS, False)
+        if gflags.get("help"):
+            sys.stdout.write(_usage())
+            return 0
+        if gflags.get("version"):
+            return oci_main(["--version"])
         log = _Logger(gflags.get("log"), gflags.get("log_format", "text"))
         if stray or split == len(argv):
             raise UsageError(f"no such command: {stray[0]}" if stray else "no command given")
         command, rest = argv[split], argv[split + 1:]
         if command not in OCI_COMMANDS:
             raise UsageError(f"no such command: {command}")
-        if "-h" in rest or "--help" in rest:
-            sys.stdout.write(_usage(command))
-            return 0
         _, _, table, positional = OCI_COMMANDS[command]
         # exec: everything after the ID is the command line, flags included
-        opts, args = _parse_flags(rest, table, stop_at_positional=command == "exec")
+        opts, args = _parse_flags(rest, {**table, **HELP_FLAGS}, stop_at_positional=command == "exec")
+        if opts.get("help"):
+            sys.stdout.write(_usage(command))
+            return 0
         need = [p for p in positional if not p.endswith(("?", "*"))]
         if len(args) < len(need):
             raise UsageError(f"{command} requires {' '.join(need)}")
@@ -326,8 +333,7 @@ def _oci_state(root: str, opts: dict, args: list[str], g: dict) -> int:
 def _oci_kill(root: str, opts: dict, args: list[str], g: dict) -> int:
     from hanok.runtime import container
 
-    signum = container.parse_signal(args[1] if len(args) > 1 else "TERM")
-    container.kill(root, args[0], signum, opts.get("all", False))
+    container.kill(root, args[0], args[1] if len(args) > 1 else "TERM", opts.get("all", False))
     return 0
 
 

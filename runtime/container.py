@@ -295,14 +295,22 @@ def parse_signal(value: str) -> int:
         if name.startswith("SIGRTMIN+") or name.startswith("SIGRTMAX-"):
             base, _, off = name[3:].partition("+" if "+" in name else "-")
             if off.isdigit():
-                return int(getattr(signal, "SIG" + base)) + (int(off) if "+" in name else -int(off))
+                number = int(getattr(signal, "SIG" + base)) + (int(off) if "+" in name else -int(off))
+                if signal.SIGRTMIN <= number <= signal.SIGRTMAX:
+                    return number
     from hanok.runtime.errors import InvalidArgument
 
     raise InvalidArgument(f"unknown signal {value!r}")
 
 
-def kill(root: str, container_id: str, signum: int, all_processes: bool = False) -> None:
+def kill(root: str, container_id: str, signal_name: str | int, all_processes: bool = False) -> None:
+    """Signal the init (or, with all_processes, every process) of the container.
+
+    The container is looked up before the signal is parsed, so an unknown id
+    reports "container does not exist" whatever the signal, as runc does.
+    """
     cdir, record = state.load(root, container_id)
+    signum = signal_name if isinstance(signal_name, int) else parse_signal(signal_name)
     status = state.status_of(record, cdir)
     state.check_transition("kill", status, container_id)
     targets = container_pids(record, cdir) if all_processes else [record["pid"]]

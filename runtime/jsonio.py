@@ -65,8 +65,15 @@ def _encode(value: object, out: list[str], indent: int | None, level: int) -> No
         out.append("true")
     elif value is False:
         out.append("false")
-    elif isinstance(value, (int, float)):
-        out.append(repr(value) if isinstance(value, float) else str(int(value)))
+    elif isinstance(value, float):
+        if value != value:
+            out.append("NaN")
+        elif value in (float("inf"), float("-inf")):
+            out.append("Infinity" if value > 0 else "-Infinity")
+        else:
+            out.append(repr(value))
+    elif isinstance(value, int):
+        out.append(str(int(value)))
     elif isinstance(value, (list, tuple, dict)):
         items = list(value.items()) if isinstance(value, dict) else list(value)
         opener, closer = ("{", "}") if isinstance(value, dict) else ("[", "]")
@@ -80,8 +87,19 @@ def _encode(value: object, out: list[str], indent: int | None, level: int) -> No
             out.append((separator if i else "") + inner)
             if isinstance(value, dict):
                 key, item = item
-                out.append(_json.encode_basestring_ascii(str(key)) + ": ")
+                out.append(_json.encode_basestring_ascii(_key(key)) + ": ")
             _encode(item, out, indent, level + 1)
         out.append(("\n" + " " * (indent * level) if indent is not None else "") + closer)
     else:
         raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _key(key: object) -> str:
+    """Object keys as json.dumps writes them: true/false/null and numbers become strings."""
+    if isinstance(key, str):
+        return key
+    if key is True or key is False or key is None:
+        return {True: "true", False: "false", None: "null"}[key]
+    if isinstance(key, (int, float)):
+        return dumps(key)
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")

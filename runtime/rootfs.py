@@ -94,10 +94,11 @@ def resolve_in_root(root: str, path: str) -> str:
         candidate = os.path.join(root, *resolved, part)
         try:
             st = os.lstat(candidate)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
+            # Missing (it will be created as a directory): keep going, a later
+            # ".." may climb back to components that exist and are symlinks.
             resolved.append(part)
-            resolved.extend(p for p in parts)  # the rest does not exist yet either
-            return _normalise(root, resolved)
+            continue
         if stat.S_ISLNK(st.st_mode):
             links += 1
             if links > _MAX_SYMLINKS:

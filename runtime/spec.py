@@ -305,8 +305,8 @@ def from_dict(raw: object, bundle: str) -> Config:
             (kind for prefix, kind in SYSCTL_PREFIXES.items() if key.startswith(prefix)), None)
         if ns is None:
             raise SpecError(f"linux.sysctl.{key}: sysctl is not namespaced, refusing to change the host's")
-        if cfg.namespaces.get(ns, "host") is not None:
-            raise SpecError(f"linux.sysctl.{key}: needs a new {ns} namespace")
+        if ns not in cfg.namespaces:
+            raise SpecError(f"linux.sysctl.{key}: needs a private {ns} namespace, not the host's")
         cfg.sysctl[key] = value
 
     if linux.get("seccomp") is not None:
