@@ -117,18 +117,43 @@ def loopback_up() -> None:
         s.close()
 
 
-def mark_fds_cloexec(keep_upto: int) -> None:
-    """Everything above fd `keep_upto` closes at execve: nothing of the runtime leaks in."""
-    import fcntl
+def close_other_fds(keep_upto: int, ours: set[int]) -> None:
+    """Close every fd above `keep_upto` that is not one of `ours` (which are close-on-exec).
 
+    Closing, not just marking close-on-exec: until execve a path like
+    /proc/self/fd/N would still reach whatever the caller leaked to us (a host
+    directory, say), and a cwd or mount source could be pointed through it.
+    """
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd > keep_upto:
+        if fd > keep_upto and fd not in ours:
             try:
-                flags = fcntl.fcntl(fd, fcntl.F_GETFD)
-                fcntl.fcntl(fd, fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
+                os.close(fd)
             except OSError:
-                pass
+                pass  # the directory fd listdir itself used
+
+
+def enter_cwd(cwd: str, create: bool) -> None:
+    """chdir to the process's cwd, refusing anything outside the container's root.
+
+    With `create`, a missing cwd is made first (inside the root, as runc does),
+    so a bundle may name a working directory its image lacks.
+    """
+    if create and not os.path.lexists(cwd):
+        try:
+            os.makedirs(cwd, 0o755)
+        except OSError as e:
+            raise HanokError(f"process.cwd {cwd}: cannot create it: {e.strerror}") from None
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        raise HanokError(f"process.cwd {cwd}: {e.strerror}") from None
+    try:
+        here = os.getcwd()
+    except OSError:  # glibc's getcwd fails with ENOENT when cwd is outside our root
+        here = "(unreachable)"
+    if here.startswith("(unreachable)"):
+        raise HanokError(f"process.cwd {cwd} resolves outside the container's root; refusing")
 
 
 def set_rlimits(process: dict) -> None:
@@ -252,7 +277,9 @@ def container_init(cfg: Config, sync: Sync, state_dir_fd: int, *, console_sock: 
     try:
         os.setsid()
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
-        mark_fds_cloexec(2 + preserve_fds)
+        sc.set_cmdline("hanok-oci init")
+        ours = {sync.to_parent, sync.from_parent, state_dir_fd}
+        close_other_fds(2 + preserve_fds, ours | ({console_sock} if console_sock is not None else set()))
         join_namespaces({k: p for k, p in cfg.namespaces.items() if p is not None},
                         skip=("user", "pid", "time"))
         unshare(cfg, [k for k, p in cfg.namespaces.items()
@@ -277,8 +304,9 @@ def container_init(cfg: Config, sync: Sync, state_dir_fd: int, *, console_sock: 
         for key, value in cfg.sysctl.items():
             rootfs.check_proc("/proc")
             write_proc("/proc/sys/" + key.replace(".", "/"), value)
-        rootfs.finish(cfg)
         process = cfg.process
+        enter_cwd(process.get("cwd", "/"), create=True)  # before the root turns read-only
+        rootfs.finish(cfg)
         if process.get("oomScoreAdj") is not None:
             write_proc("/proc/self/oom_score_adj", str(process["oomScoreAdj"]))
         set_rlimits(process)
@@ -346,14 +374,7 @@ def finish_and_exec(process: dict, seccomp: dict | None, executable: str) -> Non
     umask = (process.get("user") or {}).get("umask")
     if umask is not None:
         os.umask(umask)
-    cwd = process.get("cwd", "/")
-    try:
-        os.chdir(cwd)
-    except OSError as e:
-        raise HanokError(f"process.cwd {cwd}: {e.strerror}") from None
-    here = os.getcwd()
-    if here.startswith("(unreachable)") or not os.path.samestat(os.stat("."), os.stat(cwd)):
-        raise HanokError(f"process.cwd {cwd} resolves outside the container's root; refusing")
+    enter_cwd(process.get("cwd", "/"), create=False)  # again: now with the user's permissions
     if nnp:
         security.set_no_new_privs()
     if seccomp and nnp:
@@ -378,7 +399,8 @@ def exec_process(cfg: Config, process: dict, init_pid: int, sync: Sync, *,
     try:
         os.setsid()
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
-        mark_fds_cloexec(2 + preserve_fds)
+        ours = {sync.to_parent, sync.from_parent}
+        close_other_fds(2 + preserve_fds, ours | ({console_sock} if console_sock is not None else set()))
         ns_paths = {kind: f"/proc/{init_pid}/ns/{NS_PROC_NAME[kind]}" for kind in cfg.namespaces}
         join_namespaces(ns_paths, skip=("pid", "time"))  # pid/time were joined by the parent
         set_rlimits(process)
@@ -387,6 +409,7 @@ def exec_process(cfg: Config, process: dict, init_pid: int, sync: Sync, *,
                 raise HanokError("a terminal was requested but no --console-socket was given")
             setup_terminal(console_sock)
         env = process.get("env") or []
+        enter_cwd(process.get("cwd", "/"), create=False)
         executable = find_executable(process["args"], env, process.get("cwd", "/"))
         finish_and_exec(process, cfg.seccomp, executable)
     except BaseException as e:  # noqa: BLE001

@@ -158,6 +158,25 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
     _check(libc.capset(hdr, data))
 
 
+def set_cmdline(title: str) -> None:
+    """Overwrite this process's argv in place (what /proc/<pid>/cmdline shows).
+
+    The container's init runs hanok's Python until `start`; its command line
+    names host paths (the bundle, the venv) that processes in the container
+    could read. The argv area's bounds come from /proc/self/stat (fields 48
+    and 49); the title is cut to fit, the rest zero-filled.
+    """
+    with open("/proc/self/stat", "rb") as f:
+        data = f.read()
+    fields = data[data.rindex(b")") + 2:].split()
+    arg_start, arg_end = int(fields[45]), int(fields[46])
+    size = arg_end - arg_start
+    if size <= 1:
+        return
+    raw = title.encode()[:size - 1]
+    ffi.memmove(ffi.cast("char *", arg_start), raw + b"\0" * (size - len(raw)), size)
+
+
 def fs_type(path_or_fd: str | int) -> int:
     """The filesystem magic number (statfs f_type) of a path or fd."""
     buf = ffi.new("struct hanok_statfs *")
