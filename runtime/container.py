@@ -2,8 +2,9 @@
 
 The operations a caller runs per container are hot paths, so this module
 imports only what each operation needs. Status transitions are checked against
-the table in state.py; every step of `create` that makes something registers
-how to undo it, so a failure leaves no state directory, fifo or process behind.
+the table in state.py. `create` makes things in one order (state dir, fifo,
+init process) and its failure path undoes them all, so bad input leaves no
+state directory, fifo or process behind.
 """
 from __future__ import annotations
 
@@ -119,8 +120,7 @@ def _fork_init(cfg, sync: ParentSync, dir_fd: int, init_args: dict) -> int:
         for kind, flag in (("pid", sc.CLONE_NEWPID), ("time", sc.CLONE_NEWTIME)):
             if kind not in cfg.namespaces:
                 continue
-            own = os.open(f"/proc/self/ns/{kind}_for_children" if kind == "pid" else "/proc/self/ns/time_for_children",
-                          os.O_RDONLY | os.O_CLOEXEC)
+            own = os.open(f"/proc/self/ns/{kind}_for_children", os.O_RDONLY | os.O_CLOEXEC)
             restore.append((own, flag))
             _enter_for_children(cfg, kind, flag)
         pid = os.fork()
