@@ -201,8 +201,21 @@ class _Logger:
 
 
 def oci_main(argv: list[str] | None = None) -> int:
-    """Entry point of `hanok-oci`: returns the exit status."""
-    argv = sys.argv[1:] if argv is None else argv
+    """Entry point of `hanok-oci`: returns the exit status.
+
+    Run as the console script (argv None), it exits through os._exit once its
+    output is flushed: interpreter teardown would add a few milliseconds to
+    every per-container command and has nothing left to clean up.
+    """
+    if argv is None:
+        code = _oci_main(sys.argv[1:])
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return _oci_main(argv)
+
+
+def _oci_main(argv: list[str]) -> int:
     log = _Logger(None, "text")
     gflags: dict = {}
     try:
@@ -223,7 +236,7 @@ def oci_main(argv: list[str] | None = None) -> int:
             sys.stdout.write(_usage())
             return 0
         if gflags.get("version"):
-            return oci_main(["--version"])
+            return _oci_main(["--version"])
         log = _Logger(gflags.get("log"), gflags.get("log_format", "text"))
         if stray or split == len(argv):
             raise UsageError(f"no such command: {stray[0]}" if stray else "no command given")

@@ -12,11 +12,10 @@ import os
 
 from hanok import OCI_VERSION
 from hanok.runtime import explain, jsonio, state
-from hanok.runtime import syscalls as sc
 from hanok.runtime.errors import BadState, HanokError, NotFound, NotSupported
-from hanok.runtime.process import ParentSync, raise_child_error
 
-if False:  # typing only; keeps spec's import cost off `state`/`kill`
+if False:  # typing only: keeps these imports off `state`, `start`, `kill` and `delete`
+    from hanok.runtime.process import ParentSync
     from hanok.runtime.spec import Config
 
 FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGCONT")
@@ -41,6 +40,7 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
     already connected console socket (how `run` gets the pty it relays).
     """
     from hanok.runtime import init, spec
+    from hanok.runtime.process import ParentSync
 
     state.validate_id(container_id)
     cfg = config or spec.load(bundle)
@@ -114,6 +114,7 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
 def _fork_init(cfg, sync: ParentSync, dir_fd: int, init_args: dict) -> int:
     """Fork the init directly (no user namespace): see process.py for why this works."""
     from hanok.runtime import init
+    from hanok.runtime import syscalls as sc
 
     restore: list[tuple[int, int]] = []
     try:
@@ -137,6 +138,8 @@ def _fork_init(cfg, sync: ParentSync, dir_fd: int, init_args: dict) -> int:
 
 
 def _enter_for_children(cfg, kind: str, flag: int) -> None:
+    from hanok.runtime import syscalls as sc
+
     path = cfg.namespaces[kind]
     if path is None:
         from hanok.runtime.init import UNSHARE_NAMES
@@ -159,7 +162,8 @@ def _enter_for_children(cfg, kind: str, flag: int) -> None:
 def _fork_via_intermediate(cfg, sync: ParentSync, dir_fd: int, init_args: dict) -> int:
     """User namespace: an intermediate owns the user namespace first (process.py)."""
     from hanok.runtime import init
-    from hanok.runtime.process import write_id_maps
+    from hanok.runtime import syscalls as sc
+    from hanok.runtime.process import raise_child_error, write_id_maps
 
     child = os.fork()
     if child == 0:
@@ -205,6 +209,8 @@ def _fork_via_intermediate(cfg, sync: ParentSync, dir_fd: int, init_args: dict) 
 
 
 def _wait_ready(cfg, sync: ParentSync, hook_state: dict) -> None:
+    from hanok.runtime.process import raise_child_error
+
     while True:
         message = sync.recv()
         if message == "ready":
@@ -488,7 +494,9 @@ def exec_process(root: str, container_id: str, process: dict, *, detach: bool = 
                  preserve_fds: int = 0) -> int:
     """Run another process in the container; return its exit code (0 when detached)."""
     from hanok.runtime import init
-    from hanok.runtime.process import connect_console_socket, exit_status, write_pid_file
+    from hanok.runtime import syscalls as sc
+    from hanok.runtime.process import (ParentSync, connect_console_socket, exit_status, raise_child_error,
+                                       write_pid_file)
 
     cdir, record = state.load(root, container_id)
     status = state.status_of(record, cdir)
