@@ -1,1 +1,91 @@
-"""cgroups: see DESIGN.md; filled in by its own issue."""
+"""cgroups: detect the host's mode and describe its hierarchies.
+
+The managers (v2.py, v1.py) and the resources mapping arrive with the cgroup
+issue; what is here is what the runtime core needs already: knowing whether the
+host is unified (cgroup v2 only), hybrid (v1 controllers plus a v2 mount at
+/sys/fs/cgroup/unified, like the development machines) or legacy (v1 only), and
+where each v1 hierarchy is mounted, so a container's `cgroup` mount can be
+built the way runc builds it on such hosts.
+"""
+from __future__ import annotations
+
+import os
+
+from hanok.runtime import syscalls as sc
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+CGROUP2_SUPER_MAGIC = 0x63677270
+TMPFS_MAGIC = 0x01021994
+
+UNIFIED = "unified"
+HYBRID = "hybrid"
+LEGACY = "legacy"
+
+
+def host_mode(root: str = CGROUP_ROOT) -> str:
+    """unified, hybrid or legacy, from the filesystem types under /sys/fs/cgroup."""
+    if sc.fs_type(root) == CGROUP2_SUPER_MAGIC:
+        return UNIFIED
+    unified = os.path.join(root, "unified")
+    try:
+        if sc.fs_type(unified) == CGROUP2_SUPER_MAGIC:
+            return HYBRID
+    except OSError:
+        pass
+    return LEGACY
+
+
+class Hierarchy:
+    """One mounted cgroup hierarchy and this process's place in it."""
+
+    __slots__ = ("mountpoint", "root", "fstype", "controllers", "path")
+
+    def __init__(self, mountpoint: str, root: str, fstype: str, controllers: tuple[str, ...], path: str):
+        self.mountpoint = mountpoint  # e.g. /sys/fs/cgroup/memory
+        self.root = root              # the part of the hierarchy the mount shows (mountinfo field 4)
+        self.fstype = fstype          # cgroup or cgroup2
+        self.controllers = controllers  # ("memory",), ("name=systemd",), () for cgroup2
+        self.path = path              # this process's cgroup, from /proc/self/cgroup
+
+    @property
+    def directory(self) -> str:
+        """This process's cgroup directory on the host, as seen through the mount."""
+        rel = os.path.relpath(self.path, self.root) if self.path.startswith(self.root) else self.path.lstrip("/")
+        return os.path.normpath(os.path.join(self.mountpoint, rel))
+
+
+def hierarchies(pid: str = "self") -> list[Hierarchy]:
+    """The cgroup mounts under /sys/fs/cgroup, each with `pid`'s cgroup in it."""
+    membership: dict[str, str] = {}
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            membership[controllers] = path
+    found: list[Hierarchy] = []
+    with open(f"/proc/{pid}/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            fstype, mountpoint, root = fields[sep + 1], fields[4], fields[3]
+            if fstype not in ("cgroup", "cgroup2") or not mountpoint.startswith(CGROUP_ROOT + "/"):
+                continue
+            if fstype == "cgroup2":
+                controllers: tuple[str, ...] = ()
+                path = membership.get("", "/")
+            else:
+                options = fields[sep + 3].split(",")
+                names = [o for o in options if o.startswith("name=")]
+                known = [o for o in options if o in _V1_CONTROLLERS]
+                controllers = tuple(known + names)
+                path = membership.get(",".join(controllers), "/")
+                if path == "/" and controllers:
+                    # /proc/self/cgroup lists co-mounted controllers in kernel order
+                    for key, value in membership.items():
+                        if set(key.split(",")) == set(controllers):
+                            path = value
+            found.append(Hierarchy(mountpoint, root, fstype, controllers, path))
+    return found
+
+
+_V1_CONTROLLERS = frozenset({"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls",
+                             "blkio", "perf_event", "net_prio", "hugetlb", "pids", "rdma", "misc"})

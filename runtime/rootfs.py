@@ -218,7 +218,14 @@ def mount_one(cfg: Config, m: Mount, in_userns: bool) -> None:
 
     path = _ensure_target(root, m.destination, True)
     shown = os.path.join(root, m.destination.lstrip("/"))
-    fstype = _cgroup_fstype() if m.type == "cgroup" else m.type
+    fstype = m.type
+    if fstype == "cgroup":
+        from hanok import cgroups
+
+        if cgroups.host_mode() != cgroups.UNIFIED:
+            _mount_cgroup_v1_layout(root, m, path, shown)
+            return
+        fstype = "cgroup2"
     try:
         fd = _open_target(root, path)
         try:
@@ -252,14 +259,34 @@ def _remount_top(root: str, path: str, flags: int, shown: str) -> None:
         os.close(fd)
 
 
-def _cgroup_fstype() -> str:
-    """A `cgroup` mount becomes cgroup2 where the host has a unified hierarchy.
+def _mount_cgroup_v1_layout(root: str, m: Mount, path: str, shown: str) -> None:
+    """A `cgroup` mount on a legacy or hybrid host, built the way runc builds it.
 
-    On legacy and hybrid hosts the per-controller v1 layout belongs to the
-    cgroup issue; until then the container gets the unified hierarchy (which
-    hybrid hosts also have), read-only as configured.
+    A tmpfs holds one bind mount per hierarchy (cpu, memory, ..., unified) of
+    the process's own cgroup, never the host's whole tree, read-only as
+    configured. (Mounting cgroup2 instead would also cost ~10 ms at container
+    exit, when the kernel tears that superblock down.)
     """
-    return "cgroup2"
+    from hanok import cgroups
+
+    extra = m.flags & (sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    fd = _open_target(root, path)
+    try:
+        mount("tmpfs", f"/proc/self/fd/{fd}", "tmpfs", extra, "mode=755", shown_target=shown)
+    finally:
+        os.close(fd)
+    for hierarchy in cgroups.hierarchies():
+        name = os.path.basename(hierarchy.mountpoint)
+        sub = _ensure_target(root, os.path.join(m.destination, name), True)
+        sub_shown = os.path.join(shown, name)
+        fd = _open_target(root, sub)
+        try:
+            mount(hierarchy.directory, f"/proc/self/fd/{fd}", None, sc.MS_BIND | sc.MS_REC, shown_target=sub_shown)
+        finally:
+            os.close(fd)
+        _remount_top(root, sub, sc.MS_BIND | sc.MS_REMOUNT | extra | (m.flags & sc.MS_RDONLY), sub_shown)
+    if m.flags & sc.MS_RDONLY:
+        _remount_top(root, path, sc.MS_REMOUNT | sc.MS_RDONLY | extra, shown)
 
 
 def create_devices(cfg: Config, in_userns: bool, defaults: bool = True) -> None:

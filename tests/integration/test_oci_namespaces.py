@@ -91,3 +91,20 @@ def test_state_reports_annotations_and_a_recent_creation_time(
     created = time.mktime(time.strptime(state["created"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
     assert abs(created - started) < 60
     oci.ok("delete", "--force", cid)
+
+
+def test_cgroup_mount_shows_each_hierarchy_read_only(run_capture: RunCapture) -> None:
+    """On a v1/hybrid host a `cgroup` mount is runc's layout: a tmpfs with one
+    bind of the process's own cgroup per hierarchy; on a v2 host, cgroup2."""
+    from hanok import cgroups
+
+    config = default_config(*sh("ls /sys/fs/cgroup; touch /sys/fs/cgroup/x 2>&1; echo end"))
+    config["mounts"].append({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]})
+    out = run_capture.ok(config)
+    assert "Read-only file system" in out
+    listed = out.split("touch:")[0].split()
+    if cgroups.host_mode() == cgroups.UNIFIED:
+        assert "cgroup.controllers" in listed
+    else:
+        assert sorted(listed) == sorted(Path(h.mountpoint).name for h in cgroups.hierarchies())
