@@ -50,6 +50,8 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
     fds: list[int] = []
     sync: ParentSync | None = None
     try:
+        if cfg.process.get("terminal") and not console_socket and console_fd is None:
+            raise HanokError("process.terminal is true but no --console-socket was given to receive the terminal")
         saved = {"process": cfg.process, "namespaces": cfg.namespaces, "seccomp": cfg.seccomp,
                  "hooks": {k: v for k, v in cfg.hooks.items() if k in ("poststart", "poststop")}}
         state.write_atomic(os.path.join(cdir, state.CONFIG_FILE), jsonio.dumps(saved).encode())
@@ -262,12 +264,24 @@ def start(root: str, container_id: str) -> None:
                 if not state.is_alive(record):
                     raise BadState("cannot start a container that has stopped")
             data = os.read(fd, 1)
+            saved = _saved(cdir)
+            if data == b"0" and "poststart" in saved.hooks:
+                # poststart runs after the user's program has started: the
+                # init's end of the fifo closes when execve replaces it
+                while True:
+                    if poller.poll(100):
+                        try:
+                            if not os.read(fd, 1):
+                                break
+                        except BlockingIOError:
+                            continue
+                    elif not state.is_alive(record):
+                        break
         finally:
             os.close(fd)
         os.unlink(fifo_path)
         if data != b"0":
             raise BadState("cannot start an already running container")
-    saved = _saved(cdir)
     if "poststart" in saved.hooks:
         from hanok.runtime import hooks
 
@@ -503,6 +517,8 @@ def exec_process(root: str, container_id: str, process: dict, *, detach: bool = 
     state.check_transition("exec", status, container_id)
     saved = _saved(cdir)
     init_pid = record["pid"]
+    if process.get("terminal") and not console_socket:
+        raise HanokError("a terminal was requested but no --console-socket was given to receive it")
     init.preload(process, saved.seccomp, False)
     console_fd = connect_console_socket(console_socket) if console_socket else None
     sync = ParentSync()

@@ -333,11 +333,11 @@ def container_init(cfg: Config, sync: Sync, state_dir_fd: int, *, console_sock: 
         os._exit(1)
 
     try:
-        # Blocks until `start` opens the other end.
+        # Blocks until `start` opens the other end. The write end stays open
+        # (close-on-exec) through execve: `start` sees EOF exactly when the
+        # user's program has replaced us, which it waits for before poststart.
         fd = os.open(f"/proc/self/fd/{fifo}", os.O_WRONLY | os.O_CLOEXEC) if os.path.isdir("/proc/self/fd") \
             else os.open("exec.fifo", os.O_WRONLY | os.O_CLOEXEC, dir_fd=state_dir_fd)
-        os.write(fd, b"0")
-        os.close(fd)
         os.close(fifo)
         os.close(state_dir_fd)
         for name in TERMINATING_SIGNALS:
@@ -346,6 +346,7 @@ def container_init(cfg: Config, sync: Sync, state_dir_fd: int, *, console_sock: 
             from hanok.runtime import hooks
 
             hooks.run("startContainer", cfg.hooks["startContainer"], dict(state_json, status="created"))
+        os.write(fd, b"0")
         finish_and_exec(process, cfg.seccomp, executable)
     except BaseException as e:  # noqa: BLE001
         _die(e)
