@@ -89,3 +89,100 @@ def hierarchies(pid: str = "self") -> list[Hierarchy]:
 
 _V1_CONTROLLERS = frozenset({"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls",
                              "blkio", "perf_event", "net_prio", "hugetlb", "pids", "rdma", "misc"})
+
+
+# ---------------------------------------------------------------- managers
+#
+# "Which cgroup" (this module: paths) is kept apart from "what is written"
+# (resources.py: pure mapping), as crun does. v1.py and v2.py hold the
+# filesystem work; both import only the standard library's os/time and the
+# runtime's leaf modules, so they are cheap on the create/delete hot path.
+
+DEFAULT_PARENT = "hanok"
+
+
+class Manager:
+    """One container's cgroup. Same interface on cgroup v2 (V2Manager) and v1 (V1Manager).
+
+    path      the cgroup inside its hierarchy, e.g. "/hanok/<id>"
+    created   the directories create() made (deepest last); destroy() removes
+              those of them that are empty, the leaf always
+    """
+
+    version = 0
+    path: str
+    created: list[str]
+
+    def create(self) -> None:
+        """mkdir along the path (v2: enable the controllers along the way)."""
+        raise NotImplementedError
+
+    def apply(self, resources: dict) -> None:
+        """Write OCI linux.resources; CgroupError if the host lacks a controller or file."""
+        raise NotImplementedError
+
+    def enter(self, pid: int) -> None:
+        raise NotImplementedError
+
+    def procs(self) -> list[int]:
+        raise NotImplementedError
+
+    def freeze(self) -> None:
+        raise NotImplementedError
+
+    def thaw(self) -> None:
+        raise NotImplementedError
+
+    def is_frozen(self) -> bool:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    def destroy(self) -> None:
+        raise NotImplementedError
+
+    def exists(self) -> bool:
+        raise NotImplementedError
+
+    def stats(self) -> dict:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path}>"
+
+
+def resolve(path: str, container_id: str) -> tuple[bool, str]:
+    """OCI cgroupsPath -> (absolute, normalized path).
+
+    absolute ("/a/b")  relative to the hierarchy's root
+    relative ("a/b")   relative to the caller's cgroup (v2: its parent, see V2Manager)
+    empty              "/hanok/<id>", at the root, so every container is found in one place
+    """
+    from hanok.runtime.errors import CgroupError
+
+    if not path:
+        if not container_id or "/" in container_id or container_id in (".", ".."):
+            raise CgroupError(f"container id {container_id!r} cannot name a cgroup")
+        return True, f"/{DEFAULT_PARENT}/{container_id}"
+    if "\0" in path or "\n" in path:
+        raise CgroupError(f"linux.cgroupsPath: invalid path {path!r}")
+    absolute = path.startswith("/")
+    norm = os.path.normpath(path)
+    parts = [p for p in norm.split("/") if p]
+    if not parts or (not absolute and parts[0] == ".."):
+        raise CgroupError(f"linux.cgroupsPath: {path!r} does not name a cgroup below its base")
+    if ".." in parts:
+        raise CgroupError(f"linux.cgroupsPath: {path!r} must not contain '..'")
+    return absolute, "/" + "/".join(parts)
+
+
+def manager(path: str, container_id: str) -> Manager:
+    """The Manager for a container: cgroup v2 on unified hosts, v1 on hybrid and legacy ones."""
+    if host_mode() == UNIFIED:
+        from hanok.cgroups.v2 import V2Manager
+
+        return V2Manager(path, container_id)
+    from hanok.cgroups.v1 import V1Manager
+
+    return V1Manager(path, container_id)

@@ -39,6 +39,7 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
     `config` saves `run` from reading config.json twice; `console_fd` is an
     already connected console socket (how `run` gets the pty it relays).
     """
+    from hanok import cgroups
     from hanok.runtime import init, spec
     from hanok.runtime.process import ParentSync
 
@@ -49,6 +50,7 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
     our_child = False
     fds: list[int] = []
     sync: ParentSync | None = None
+    cgroup = None
     try:
         if cfg.process.get("terminal") and not console_socket and console_fd is None:
             raise HanokError("process.terminal is true but no --console-socket was given to receive the terminal")
@@ -68,16 +70,21 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
         hook_state = {"ociVersion": OCI_VERSION, "id": container_id, "status": state.CREATING, "pid": 0,
                       "bundle": cfg.bundle, "annotations": cfg.annotations}
         init.preload(cfg.process, cfg.seccomp, bool(cfg.hooks))
+        cgroup = cgroups.manager(cfg.cgroups_path, container_id)
+        cgroup.create()
+        cgroup.apply(cfg.resources)
         sync = ParentSync()
         hooks_in_parent = "prestart" in cfg.hooks or "createRuntime" in cfg.hooks
         init_args = dict(console_sock=console_fd, preserve_fds=preserve_fds, no_pivot=no_pivot,
                          no_new_keyring=no_new_keyring, hooks_in_parent=hooks_in_parent,
                          state_json=hook_state)
         if "user" in cfg.namespaces:
-            init_pid = _fork_via_intermediate(cfg, sync, dir_fd, init_args)
+            init_pid = _fork_via_intermediate(cfg, sync, dir_fd, init_args, cgroup)
         else:
-            init_pid = _fork_init(cfg, sync, dir_fd, init_args)
+            init_pid = _fork_init(cfg, sync, dir_fd, dict(init_args, wait_for_cgroup=True))
             our_child = True
+            cgroup.enter(init_pid)
+            sync.send_ok()
         sync.close_child_ends()
         hook_state["pid"] = init_pid
         _wait_ready(cfg, sync, hook_state)
@@ -86,7 +93,8 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
             raise HanokError("container init exited during setup")
         record = {"ociVersion": OCI_VERSION, "id": container_id, "pid": init_pid, "start_time": start_time,
                   "bundle": cfg.bundle, "rootfs": cfg.rootfs, "created": created,
-                  "annotations": cfg.annotations}
+                  "annotations": cfg.annotations, "cgroupsPath": cfg.cgroups_path,
+                  "resources": cfg.resources}
         state.save(cdir, record)
         if pid_file:
             from hanok.runtime.process import write_pid_file
@@ -98,6 +106,8 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
             _kill_quietly(init_pid)
             if our_child:
                 _reap(init_pid)
+        if cgroup is not None:
+            _destroy_cgroup(cgroup)
         if "poststop" in cfg.hooks and init_pid:
             # runtime-spec: when a create-time hook fails the container is
             # stopped and the lifecycle continues with the poststop hooks
@@ -161,7 +171,7 @@ def _enter_for_children(cfg, kind: str, flag: int) -> None:
             os.close(fd)
 
 
-def _fork_via_intermediate(cfg, sync: ParentSync, dir_fd: int, init_args: dict) -> int:
+def _fork_via_intermediate(cfg, sync: ParentSync, dir_fd: int, init_args: dict, cgroup) -> int:
     """User namespace: an intermediate owns the user namespace first (process.py)."""
     from hanok.runtime import init
     from hanok.runtime import syscalls as sc
@@ -174,8 +184,9 @@ def _fork_via_intermediate(cfg, sync: ParentSync, dir_fd: int, init_args: dict) 
             if cfg.namespaces["user"] is None:
                 explain.step("unshare --user", "a new user namespace; the parent writes the id maps")
                 sc.unshare(sc.CLONE_NEWUSER)
-                child_sync.send("userns")
-                child_sync.wait_ok()
+            child_sync.send("userns")
+            child_sync.wait_ok()
+            if cfg.namespaces["user"] is None:
                 os.setresgid(0, 0, 0)
                 os.setresuid(0, 0, 0)
             else:
@@ -186,7 +197,8 @@ def _fork_via_intermediate(cfg, sync: ParentSync, dir_fd: int, init_args: dict) 
             pid = os.fork()
             if pid == 0:
                 try:
-                    init.container_init(cfg, child_sync, dir_fd, in_userns=True, **init_args)
+                    init.container_init(cfg, child_sync, dir_fd, in_userns=True, wait_for_cgroup=False,
+                                        **init_args)
                 finally:
                     os._exit(1)
             child_sync.send(f"pid {pid}")
@@ -198,7 +210,9 @@ def _fork_via_intermediate(cfg, sync: ParentSync, dir_fd: int, init_args: dict) 
         while True:
             message = sync.recv()
             if message == "userns":
-                write_id_maps(child, cfg.uid_mappings, cfg.gid_mappings)
+                if cfg.namespaces["user"] is None:
+                    write_id_maps(child, cfg.uid_mappings, cfg.gid_mappings)
+                cgroup.enter(child)  # the init it forks inherits the cgroup
                 sync.send_ok()
             elif message is not None and message.startswith("pid "):
                 return int(message[4:])
@@ -228,6 +242,25 @@ def _wait_ready(cfg, sync: ParentSync, hook_state: dict) -> None:
             raise_child_error(message)
         else:
             raise HanokError("container init exited during setup")
+
+
+def _cgroup_of(record: dict):
+    """The container's cgroup manager, rebuilt from what create recorded."""
+    from hanok import cgroups
+
+    return cgroups.manager(record.get("cgroupsPath", ""), record["id"])
+
+
+def _destroy_cgroup(cgroup) -> None:
+    """Kill whatever is left in the cgroup and remove it (undo of create, and delete)."""
+    try:
+        if cgroup.exists() and cgroup.procs():
+            cgroup.kill()
+        cgroup.destroy()
+    except HanokError as e:
+        import sys
+
+        sys.stderr.write(f"hanok-oci: warning: {e}\n")
 
 
 def _kill_quietly(pid: int) -> None:
@@ -358,12 +391,15 @@ def _signal_pid(pid: int, signum: int, start_time: int | None) -> None:
 
 
 def container_pids(record: dict, cdir: str) -> list[int]:
-    """Host pids of every process in the container.
+    """Host pids of every process in the container: its cgroup's cgroup.procs.
 
-    Until containers get their own cgroups (cgroup issue), membership is the
-    init's pid namespace when it has one, else the init and its descendants.
+    A container created before it had a cgroup (an older hanok) falls back to
+    the init's pid namespace, else the init and its descendants.
     """
     init_pid = record["pid"]
+    if "cgroupsPath" in record:
+        cgroup = _cgroup_of(record)
+        return sorted(cgroup.procs()) if cgroup.exists() else []
     if not state.is_alive(record):
         return []
     saved = _saved(cdir)
@@ -418,10 +454,14 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
                 state.check_transition("delete", status, container_id)
             from hanok.runtime.process import wait_gone
 
+            if status == state.PAUSED:
+                _cgroup_of(record).thaw()  # a frozen process cannot act on SIGKILL
             for pid in container_pids(record, cdir) or [record["pid"]]:
                 _signal_pid(pid, 9, record["start_time"] if pid == record["pid"] else None)
             if not wait_gone(record["pid"], record["start_time"]):
                 raise HanokError(f"container {container_id} did not die after SIGKILL")
+        if "cgroupsPath" in record:
+            _destroy_cgroup(_cgroup_of(record))
         saved = _saved(cdir)
         if "poststop" in saved.hooks:
             from hanok.runtime import hooks
@@ -539,6 +579,14 @@ def exec_process(root: str, container_id: str, process: dict, *, detach: bool = 
             finally:
                 os._exit(1)
         sync.close_child_ends()
+        try:
+            if "cgroupsPath" in record:
+                _cgroup_of(record).enter(pid)
+        except BaseException:
+            _kill_quietly(pid)
+            _reap(pid)
+            raise
+        sync.send_ok()
         message = sync.recv()
         if message is not None and message.startswith("error "):
             _reap(pid)
@@ -607,15 +655,60 @@ def pids(root: str, container_id: str) -> list[int]:
 
 
 def pause(root: str, container_id: str) -> None:
-    state.load(root, container_id)
-    raise NotSupported("pause needs the cgroup freezer, which this version of hanok does not manage yet")
+    """Freeze every process of the container (cgroup.freeze / the v1 freezer)."""
+    _set_frozen(root, container_id, "pause", True)
 
 
 def resume(root: str, container_id: str) -> None:
-    state.load(root, container_id)
-    raise NotSupported("resume needs the cgroup freezer, which this version of hanok does not manage yet")
+    _set_frozen(root, container_id, "resume", False)
+
+
+def _set_frozen(root: str, container_id: str, op: str, frozen: bool) -> None:
+    cdir, record = state.load(root, container_id)
+    with state.Lock(cdir):
+        cdir, record = state.load(root, container_id)
+        state.check_transition(op, state.status_of(record, cdir), container_id)
+        if "cgroupsPath" not in record:
+            raise NotSupported(f"container {container_id} has no cgroup to freeze")
+        cgroup = _cgroup_of(record)
+        cgroup.freeze() if frozen else cgroup.thaw()
+        record["paused"] = frozen
+        state.save(cdir, record)
 
 
 def update(root: str, container_id: str, resources: dict) -> None:
-    state.load(root, container_id)
-    raise NotSupported("update needs cgroup limits, which this version of hanok does not manage yet")
+    """Change the limits of a live container: the new values merged over the old."""
+    from hanok.runtime.spec import validate_resources
+
+    if not isinstance(resources, dict):
+        from hanok.runtime.errors import SpecError
+
+        raise SpecError("--resources: expected a JSON object (linux.resources)")
+    cdir, record = state.load(root, container_id)
+    with state.Lock(cdir):
+        cdir, record = state.load(root, container_id)
+        if state.status_of(record, cdir) == state.STOPPED:
+            raise BadState("container not running")
+        if "cgroupsPath" not in record:
+            raise NotSupported(f"container {container_id} has no cgroup to update")
+        merged = _merge(record.get("resources") or {}, resources)
+        merged = validate_resources(merged, "resources")
+        _cgroup_of(record).apply(merged)
+        record["resources"] = merged
+        state.save(cdir, record)
+
+
+def _merge(old: dict, new: dict) -> dict:
+    """Deep-merge `new` over `old` (lists are replaced, not appended)."""
+    out = dict(old)
+    for key, value in new.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def stats(root: str, container_id: str) -> dict:
+    """Cheap numbers for node agents: memory, cpu, pids, io, OOM kills."""
+    cdir, record = state.load(root, container_id)
+    if "cgroupsPath" not in record:
+        raise NotSupported(f"container {container_id} has no cgroup")
+    return _cgroup_of(record).stats()

@@ -272,9 +272,11 @@ def preload(process: dict, seccomp: dict | None, hooks: bool) -> None:
 
 def container_init(cfg: Config, sync: Sync, state_dir_fd: int, *, console_sock: int | None,
                    preserve_fds: int, no_pivot: bool, no_new_keyring: bool, in_userns: bool,
-                   hooks_in_parent: bool, state_json: dict) -> None:
+                   hooks_in_parent: bool, state_json: dict, wait_for_cgroup: bool) -> None:
     """PID 1 of a new container: build its world, wait for `start`, exec the program."""
     try:
+        if wait_for_cgroup:
+            sync.wait_ok()  # the parent moves us into the container's cgroup first
         os.setsid()
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         sc.set_cmdline("hanok-oci init")
@@ -398,6 +400,7 @@ def exec_process(cfg: Config, process: dict, init_pid: int, sync: Sync, *,
                  console_sock: int | None, preserve_fds: int) -> None:
     """A new process in a running container (`exec`): join its namespaces, exec."""
     try:
+        sync.wait_ok()  # the parent moves us into the container's cgroup first
         os.setsid()
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         ours = {sync.to_parent, sync.from_parent}

@@ -16,7 +16,10 @@ container once `create` returns):
 Sync protocol: two pipes, newline-terminated text messages.
 
   child -> parent        parent -> child     meaning
-  "userns"               "ok"                intermediate: maps please (user namespace only)
+  -                      "ok"                (first) the child may go on: it is in the container's
+                                             cgroup (init without a user namespace, exec)
+  "userns"               "ok"                intermediate: id maps please (when the user namespace
+                                             is new), and into the cgroup
   "pid <n>"              -                   intermediate: the init's host pid
   "hooks"                "ok"                init: mounts done, run prestart/createRuntime now
   "ready"                -                   init: set up, blocked on the exec fifo

@@ -131,6 +131,8 @@ class Config:
         self.seccomp: dict | None = None
         self.hooks: dict[str, list[dict]] = {}
         self.annotations: dict[str, str] = {}
+        self.resources: dict = {}
+        self.cgroups_path = ""
         self.time_offsets: dict[str, dict] = {}
 
     def new_namespace_flags(self) -> int:
@@ -316,9 +318,12 @@ def from_dict(raw: object, bundle: str) -> Config:
         seccomp.validate(linux["seccomp"])
         cfg.seccomp = linux["seccomp"]
 
-    _validate_resources(_obj(linux, "resources", "linux.resources"))
+    cfg.resources = validate_resources(_obj(linux, "resources", "linux.resources"))
+    if cfg.resources.get("devices"):
+        cfg.resources["devices"] = cfg.resources["devices"] + device_rules_for(cfg.devices)
     if linux.get("cgroupsPath"):
         _type(linux["cgroupsPath"], str, "linux.cgroupsPath")
+        cfg.cgroups_path = linux["cgroupsPath"]
 
     offsets = _obj(linux, "timeOffsets", "linux.timeOffsets")
     if offsets:
@@ -462,31 +467,73 @@ def _validate_device(dev: object, field: str) -> dict:
     return dev
 
 
-def _validate_resources(res: dict) -> None:
-    """Cgroup limits belong to the cgroup issue: accept only what needs no cgroup.
+# What every container may use whatever its device rules say (runc's AllowedDevices):
+# mknod of anything, and the default devices, ptys and the console.
+DEFAULT_DEVICE_RULES = (
+    {"allow": True, "type": "c", "access": "m"},
+    {"allow": True, "type": "b", "access": "m"},
+    *({"allow": True, "type": "c", "major": major, "minor": minor, "access": "rwm"}
+      for major, minor in ((1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2), (10, 200))),
+    {"allow": True, "type": "c", "major": 136, "access": "rwm"},
+)
 
-    `hanok-oci spec` writes `devices: [{allow: false, access: rwm}]`; podman and
-    containerd send device rules with every container. Device rules are accepted
-    (the device nodes themselves come from linux.devices); any limit fails
-    clearly rather than being silently ignored.
+
+def device_rules_for(devices: list[dict]) -> list[dict]:
+    """Allow rules for the default devices and for every node in linux.devices.
+
+    Callers such as podman send only `deny all` and rely on the runtime to allow
+    what it creates, as runc does; without these the container could not even
+    open /dev/null.
     """
-    for key, value in res.items():
-        if key == "devices":
-            _type(value, list, "linux.resources.devices")
-            continue
-        if value in (None, {}, []):
-            continue
-        if key in ("memory", "cpu", "pids", "blockIO", "hugepageLimits", "network", "rdma", "unified"):
-            if _all_unset(value):
-                continue
-            raise NotSupported(f"linux.resources.{key}: cgroup limits are not supported by this version of hanok yet")
-        raise SpecError(f"linux.resources.{key}: unknown resource")
+    rules = [dict(r) for r in DEFAULT_DEVICE_RULES]
+    for dev in devices:
+        if dev["type"] in ("c", "b", "u"):
+            rules.append({"allow": True, "type": "c" if dev["type"] == "u" else dev["type"],
+                          "major": dev["major"], "minor": dev["minor"], "access": "rwm"})
+    return rules
 
 
-def _all_unset(value: object) -> bool:
-    """True when a resources block only carries nulls/zeros (podman sends those)."""
+RESOURCE_KINDS = ("devices", "memory", "cpu", "pids", "blockIO", "hugepageLimits", "network", "rdma", "unified")
+# zero means "not set" for these, as in runc (podman and ctr send zero-filled blocks)
+_ZERO_IS_UNSET = frozenset({"shares", "quota", "period", "realtimeRuntime", "realtimePeriod", "weight",
+                            "leafWeight", "limit", "reservation", "swap", "kernel", "kernelTCP"})
+
+
+def validate_resources(res: dict, field: str = "linux.resources") -> dict:
+    """Check `linux.resources` against what this host's cgroups can do.
+
+    Returns the resources with unset values (nulls, and zeros where runc reads
+    zero as "not set") removed, so they are written to no file. The mapping to
+    cgroup files (cgroups/resources.py) does the value checks, so config.json
+    fails at create time, before any process or cgroup exists.
+    """
+    for key in res:
+        if key not in RESOURCE_KINDS:
+            raise SpecError(f"{field}.{key}: unknown resource")
+    if res.get("devices") is not None:
+        _type(res["devices"], list, f"{field}.devices")
+    pruned = _prune(res)
+    if not isinstance(pruned, dict) or not pruned:
+        return {}
+    from hanok import cgroups
+    from hanok.cgroups import resources
+
+    if cgroups.host_mode() == cgroups.UNIFIED:
+        resources.to_v2(pruned)
+    else:
+        resources.to_v1(pruned)
+    return pruned
+
+
+def _prune(value: object, key: str = "") -> object:
     if isinstance(value, dict):
-        return all(_all_unset(v) for v in value.values())
+        out = {}
+        for k, v in value.items():
+            v = _prune(v, k)
+            if v is None or v == {} or (k in _ZERO_IS_UNSET and v == 0 and not isinstance(v, bool)):
+                continue
+            out[k] = v
+        return out
     if isinstance(value, list):
-        return not value
-    return value in (None, 0, "", False)
+        return [_prune(v) for v in value]
+    return value

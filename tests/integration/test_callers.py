@@ -494,13 +494,7 @@ def test_ctr_error_reaches_caller(containerd: Containerd) -> None:
     assert [command_of(a)[1] for a in wrapped.calls_for(cid)] == ["create", "delete"]
 
 
-@pytest.mark.parametrize("runtime", [
-    "runc",
-    pytest.param("hanok-oci", marks=pytest.mark.xfail(
-        strict=True, raises=AssertionError,
-        reason="ctr's default spec sets linux.resources.cpu.shares=1024; hanok-oci refuses "
-               "every cgroup limit (NotSupported) until cgroups land")),
-])
+@pytest.mark.parametrize("runtime", ["runc", "hanok-oci"])
 def test_ctr_default_spec(containerd: Containerd, runtime: str) -> None:
     """Plain `ctr run --rm` (no --cpu-shares 0): what any ctr user types."""
     wrapped = containerd.wrapped[runtime]

@@ -1,0 +1,617 @@
+"""The image store: content-addressed blobs, refs, unpacked layers, GC.
+
+Layout under the root (default /var/lib/hanok, or $HANOK_ROOT):
+
+    blobs/sha256/<hex>     manifests, configs, layer blobs; the name is the digest
+    layers/<hex>/          a layer unpacked, named by the hex of its diff_id
+                           (no ':' in the name: ':' separates overlay lowerdirs)
+    images.json            {"refs": {"docker.io/library/alpine:latest": "sha256:<manifest>"}}
+    tmp/                   ingests and unpacks in progress (same filesystem: rename)
+    images.lock            flock: writers of images.json
+    gc.lock                flock: shared by loads/pulls, exclusive by gc
+
+Every write is atomic: a blob is written to tmp/, verified against its digest
+and size while streaming, fsynced and renamed into place; a layer is unpacked
+into tmp/ and renamed into layers/ once its diff_id checked out. A partial
+never appears under a final name. Loads and pulls run inside `transaction()`
+(a shared lock) so a concurrent `gc` (exclusive) cannot remove blobs they
+wrote but have not referenced yet; two pulls of the same image at once are
+safe (the second rename of identical content wins harmlessly).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+
+from hanok.images import reference as _reference
+from hanok.runtime.errors import ImageError, NotFound
+
+DEFAULT_ROOT = "/var/lib/hanok"
+
+MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MT_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+MANIFEST_TYPES = (MT_OCI_MANIFEST, MT_DOCKER_MANIFEST)
+INDEX_TYPES = (MT_OCI_INDEX, MT_DOCKER_LIST)
+CONFIG_TYPES = (MT_OCI_CONFIG, MT_DOCKER_CONFIG)
+LAYER_TYPES = {
+    "application/vnd.oci.image.layer.v1.tar": "none",
+    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar": "none",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
+    "application/vnd.docker.image.rootfs.diff.tar": "none",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
+}
+_CHUNK = 1 << 20
+_HEX = frozenset("0123456789abcdef")
+
+
+def default_root() -> str:
+    return os.environ.get("HANOK_ROOT") or DEFAULT_ROOT
+
+
+def hex_of(digest: str) -> str:
+    """The hex part of a sha256 digest, validated (ImageError otherwise)."""
+    _reference.validate_digest(digest)
+    return digest[len("sha256:"):]
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Ingest:
+    """A blob being written: `write()` chunks, then `commit()` or `abort()`.
+
+    The digest and size are checked while streaming (a size overrun fails at
+    once) and again at commit; the data lives in tmp/ until then. Used as a
+    context manager, a clean exit commits and an exception aborts.
+    """
+
+    def __init__(self, store: "Store", expected_digest: str | None, expected_size: int | None):
+        if expected_digest is not None:
+            hex_of(expected_digest)
+        if expected_size is not None and expected_size < 0:
+            raise ImageError(f"invalid blob size {expected_size}")
+        self.store = store
+        self.expected_digest = expected_digest
+        self.expected_size = expected_size
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.digest: str | None = None
+        self.created = False  # commit put a new blob in place (it was not there before)
+        os.makedirs(store.tmp_dir, exist_ok=True)
+        fd, self.tmp_path = _mkstemp(store.tmp_dir, "blob-")
+        self._fd: int | None = fd
+        fcntl.flock(fd, fcntl.LOCK_EX)  # gc leaves locked tmp files alone
+
+    def write(self, data: bytes) -> None:
+        if self._fd is None:
+            raise ImageError("blob write after commit or abort")
+        self.size += len(data)
+        if self.expected_size is not None and self.size > self.expected_size:
+            what = self.expected_digest or "blob"
+            self.abort()
+            raise ImageError(f"blob {what}: more data than its expected size {self.expected_size}")
+        self.hash.update(data)
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+
+    def copy_from(self, src: BinaryIO) -> None:
+        while True:
+            chunk = src.read(_CHUNK)
+            if not chunk:
+                break
+            self.write(chunk)
+
+    def commit(self) -> str:
+        """Verify, fsync and rename into blobs/; returns the digest."""
+        if self._fd is None:
+            raise ImageError("blob commit after abort")
+        digest = "sha256:" + self.hash.hexdigest()
+        try:
+            if self.expected_size is not None and self.size != self.expected_size:
+                raise ImageError(f"blob {self.expected_digest or digest} is truncated: "
+                                 f"got {self.size} of {self.expected_size} bytes")
+            if self.expected_digest is not None and digest != self.expected_digest:
+                raise ImageError(f"blob digest mismatch: expected {self.expected_digest}, got {digest}")
+            os.fsync(self._fd)
+            final = self.store.blob_path(digest)
+            self.created = not os.path.exists(final)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.chmod(self.tmp_path, 0o644)
+            os.rename(self.tmp_path, final)
+            _fsync_dir(os.path.dirname(final))
+        except BaseException:
+            self.abort()
+            raise
+        os.close(self._fd)
+        self._fd = None
+        self.digest = digest
+        return digest
+
+    def abort(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp_path)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "Ingest":
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def _mkstemp(directory: str, prefix: str) -> tuple[int, str]:
+    for _ in range(100):
+        path = os.path.join(directory, prefix + os.urandom(8).hex())
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+        return fd, path
+    raise ImageError(f"cannot create a temporary file in {directory}")
+
+
+class Image:
+    """One stored image: its manifest digest, manifest, config and layers."""
+
+    def __init__(self, store: "Store", digest: str, names: list[str]):
+        self.store = store
+        self.digest = digest
+        self.names = names
+        self.manifest = store.read_json(digest)
+        if not isinstance(self.manifest, dict):
+            raise ImageError(f"manifest {digest} is not a JSON object")
+        cfg = self.manifest.get("config") or {}
+        self.config_digest: str = cfg.get("digest", "")
+        self.config = store.read_json(self.config_digest)
+        self.layers: list[dict] = list(self.manifest.get("layers") or [])
+        self.diff_ids: list[str] = list(((self.config or {}).get("rootfs") or {}).get("diff_ids") or [])
+
+    @property
+    def id(self) -> str:
+        """docker's image id: the config digest."""
+        return self.config_digest
+
+    @property
+    def size(self) -> int:
+        return sum(int(layer.get("size", 0)) for layer in self.layers)
+
+    def layer_dirs(self) -> list[str]:
+        """Unpacked layer directories, bottom first (reverse for lowerdir)."""
+        return [self.store.layer_path(d) for d in self.diff_ids]
+
+    def summary(self) -> dict:
+        return {
+            "names": list(self.names),
+            "digest": self.digest,
+            "id": self.id,
+            "size": self.size,
+            "created": (self.config or {}).get("created", ""),
+            "architecture": (self.config or {}).get("architecture", ""),
+            "os": (self.config or {}).get("os", ""),
+        }
+
+    def inspect(self) -> dict:
+        out = self.summary()
+        out.update({"manifest": self.manifest, "config": self.config,
+                    "layers": [self.store.layer_path(d) for d in self.diff_ids]})
+        return out
+
+
+class Store:
+    """The image store under `root` (see the module docstring)."""
+
+    def __init__(self, root: str | None = None):
+        self.root = os.path.abspath(root or default_root())
+        self.blobs_dir = os.path.join(self.root, "blobs", "sha256")
+        self.layers_dir = os.path.join(self.root, "layers")
+        self.tmp_dir = os.path.join(self.root, "tmp")
+        self.refs_path = os.path.join(self.root, "images.json")
+
+    # -------------------------------------------------------------- locks
+
+    @contextlib.contextmanager
+    def _flock(self, name: str, kind: int) -> Iterator[None]:
+        os.makedirs(self.root, exist_ok=True)
+        fd = os.open(os.path.join(self.root, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, kind)
+            yield
+        finally:
+            os.close(fd)
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """Held (shared) while adding an image: keeps gc from removing its new blobs."""
+        return self._flock("gc.lock", fcntl.LOCK_SH)
+
+    # -------------------------------------------------------------- blobs
+
+    def blob_path(self, digest: str) -> str:
+        return os.path.join(self.blobs_dir, hex_of(digest))
+
+    def has_blob(self, digest: str) -> bool:
+        return os.path.isfile(self.blob_path(digest))
+
+    def ingest(self, expected_digest: str | None = None, expected_size: int | None = None) -> Ingest:
+        """A writer for one blob (see Ingest); `with store.ingest(d, n) as w: w.write(...)`."""
+        return Ingest(self, expected_digest, expected_size)
+
+    def put_bytes(self, data: bytes, expected_digest: str | None = None) -> str:
+        with self.ingest(expected_digest, len(data) if expected_digest else None) as w:
+            w.write(data)
+        assert w.digest is not None
+        return w.digest
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        try:
+            return open(self.blob_path(digest), "rb")
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} not in the store") from None
+
+    def read_blob(self, digest: str, limit: int = 16 << 20) -> bytes:
+        """A small blob (manifest, config), re-verified against its digest."""
+        with self.open_blob(digest) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise ImageError(f"blob {digest} is larger than {limit} bytes")
+        if digest_of(data) != digest:
+            raise ImageError(f"blob {digest} in the store is corrupt (digest mismatch)")
+        return data
+
+    def read_json(self, digest: str) -> object:
+        data = self.read_blob(digest)
+        try:
+            return json.loads(data)
+        except ValueError as e:
+            raise ImageError(f"blob {digest} is not valid JSON: {e}") from None
+
+    def remove_blob(self, digest: str) -> bool:
+        try:
+            os.unlink(self.blob_path(digest))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def blobs(self) -> list[str]:
+        try:
+            names = os.listdir(self.blobs_dir)
+        except FileNotFoundError:
+            return []
+        return ["sha256:" + n for n in names if len(n) == 64 and set(n) <= _HEX]
+
+    # -------------------------------------------------------------- layers
+
+    def layer_path(self, diff_id: str) -> str:
+        return os.path.join(self.layers_dir, hex_of(diff_id))
+
+    def has_layer(self, diff_id: str) -> bool:
+        return os.path.isdir(self.layer_path(diff_id))
+
+    def layers(self) -> list[str]:
+        try:
+            names = os.listdir(self.layers_dir)
+        except FileNotFoundError:
+            return []
+        return ["sha256:" + n for n in names if len(n) == 64 and set(n) <= _HEX]
+
+    def unpack_layer_stream(self, stream: BinaryIO, diff_id: str) -> tuple[str, bool]:
+        """Unpack a layer blob read from `stream` into layers/<diff_id>.
+
+        Extracted into tmp/ and renamed into place only when the uncompressed
+        stream hashes to `diff_id`. Returns (path, created); a layer already
+        present is skipped (created False; the stream is not read).
+        """
+        from hanok.images import unpack as _unpack
+
+        final = self.layer_path(diff_id)
+        if os.path.isdir(final):
+            return final, False
+        os.makedirs(self.tmp_dir, exist_ok=True)
+        os.makedirs(self.layers_dir, exist_ok=True)
+        tmp = os.path.join(self.tmp_dir, "layer-" + os.urandom(8).hex())
+        os.mkdir(tmp, 0o755)
+        lock = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # gc leaves it alone while we work
+            try:
+                got = _unpack.unpack(stream, tmp)
+                if got != diff_id:
+                    raise ImageError(f"layer diff_id mismatch: the image config says {diff_id}, "
+                                     f"the layer's content is {got}")
+                os.chmod(tmp, 0o755)
+                try:
+                    os.rename(tmp, final)
+                except OSError as e:
+                    if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
+                    _rmtree(tmp)  # another unpack of the same layer won
+                    return final, False
+                _fsync_dir(self.layers_dir)
+                return final, True
+            except BaseException:
+                _rmtree(tmp)
+                raise
+        finally:
+            os.close(lock)
+
+    def unpack_layer(self, blob_digest: str, diff_id: str) -> tuple[str, bool]:
+        """Unpack a stored layer blob (see unpack_layer_stream)."""
+        if os.path.isdir(self.layer_path(diff_id)):
+            return self.layer_path(diff_id), False
+        with self.open_blob(blob_digest) as f:
+            try:
+                return self.unpack_layer_stream(f, diff_id)
+            except ImageError as e:
+                raise ImageError(f"layer {blob_digest}: {e}") from None
+
+    def remove_layer(self, diff_id: str) -> bool:
+        path = self.layer_path(diff_id)
+        if not os.path.isdir(path):
+            return False
+        # Move aside first so a half-removed layer never sits under its name.
+        os.makedirs(self.tmp_dir, exist_ok=True)
+        aside = os.path.join(self.tmp_dir, "rm-" + os.urandom(8).hex())
+        os.rename(path, aside)
+        _rmtree(aside)
+        return True
+
+    # -------------------------------------------------------------- refs
+
+    def _read_refs(self) -> dict[str, str]:
+        try:
+            with open(self.refs_path, "rb") as f:
+                data = json.loads(f.read())
+        except FileNotFoundError:
+            return {}
+        except ValueError as e:  # includes UnicodeDecodeError
+            raise ImageError(f"{self.refs_path} is corrupt: {e}") from None
+        refs = data.get("refs") if isinstance(data, dict) else None
+        return dict(refs) if isinstance(refs, dict) else {}
+
+    def _write_refs(self, refs: dict[str, str]) -> None:
+        os.makedirs(self.root, exist_ok=True)
+        fd, tmp = _mkstemp(self.root, ".images.json.")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps({"refs": dict(sorted(refs.items()))}, indent=2) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.rename(tmp, self.refs_path)
+            _fsync_dir(self.root)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    @contextlib.contextmanager
+    def edit_refs(self) -> Iterator[dict[str, str]]:
+        """Read-modify-write images.json under its lock."""
+        with self._flock("images.lock", fcntl.LOCK_EX):
+            refs = self._read_refs()
+            before = dict(refs)
+            yield refs
+            if refs != before:
+                self._write_refs(refs)
+
+    def refs(self) -> dict[str, str]:
+        return self._read_refs()
+
+    @staticmethod
+    def canonical(name: str) -> str:
+        """`alpine` -> `docker.io/library/alpine:latest` (digest-only refs keep @digest)."""
+        return str(_reference.parse(name))
+
+    def tag(self, name: str, manifest_digest: str) -> str:
+        """Point `name` at a stored manifest; returns the canonical name."""
+        hex_of(manifest_digest)
+        if not self.has_blob(manifest_digest):
+            raise NotFound(f"manifest {manifest_digest} not in the store")
+        canonical = self.canonical(name)
+        with self.edit_refs() as refs:
+            refs[canonical] = manifest_digest
+        return canonical
+
+    def resolve(self, name: str) -> str:
+        """A manifest digest for a name, full digest, or id/digest prefix (>= 12 hex)."""
+        refs = self._read_refs()
+        if name.startswith("sha256:") and len(name) == 71:
+            if self.has_blob(name):
+                return name
+        try:
+            canonical = self.canonical(name)
+        except ImageError:
+            canonical = None
+        if canonical is not None and canonical in refs:
+            return refs[canonical]
+        if canonical is not None and "@" in canonical:
+            digest = canonical.split("@", 1)[1]
+            if self.has_blob(digest):
+                return digest
+        prefix = name[len("sha256:"):] if name.startswith("sha256:") else name
+        if len(prefix) >= 12 and set(prefix) <= _HEX:
+            hits = set()
+            for digest in set(refs.values()):
+                if digest[7:].startswith(prefix):
+                    hits.add(digest)
+                else:
+                    with contextlib.suppress(ImageError, NotFound):
+                        if Image(self, digest, []).id[7:].startswith(prefix):
+                            hits.add(digest)
+            if len(hits) == 1:
+                return hits.pop()
+            if len(hits) > 1:
+                raise ImageError(f"image id prefix {name!r} is ambiguous")
+        raise NotFound(f"image not known: {name}")
+
+    def image(self, name: str) -> Image:
+        digest = self.resolve(name)
+        names = sorted(n for n, d in self._read_refs().items() if d == digest)
+        return Image(self, digest, names)
+
+    def list_images(self) -> list[dict]:
+        by_digest: dict[str, list[str]] = {}
+        for name, digest in self._read_refs().items():
+            by_digest.setdefault(digest, []).append(name)
+        out = []
+        for digest, names in by_digest.items():
+            try:
+                out.append(Image(self, digest, sorted(names)).summary())
+            except (ImageError, NotFound) as e:
+                out.append({"names": sorted(names), "digest": digest, "error": str(e)})
+        return sorted(out, key=lambda i: i["names"])
+
+    def inspect(self, name: str) -> dict:
+        return self.image(name).inspect()
+
+    def remove(self, name: str) -> list[str]:
+        """Untag: a name removes that ref; a digest or id removes every ref to it.
+
+        Returns the names removed. Blobs and layers go at the next gc().
+        """
+        digest = self.resolve(name)
+        try:
+            canonical = self.canonical(name)
+        except ImageError:
+            canonical = None
+        with self.edit_refs() as refs:
+            if canonical is not None and refs.get(canonical) == digest:
+                removed = [canonical]
+            else:
+                removed = [n for n, d in refs.items() if d == digest]
+            for n in removed:
+                del refs[n]
+        return removed
+
+    # -------------------------------------------------------------- gc
+
+    def referenced(self) -> tuple[set[str], set[str]]:
+        """(blob digests, layer diff_ids) reachable from the refs."""
+        blobs: set[str] = set()
+        layers: set[str] = set()
+        for digest in set(self._read_refs().values()):
+            self._mark(digest, blobs, layers, depth=0)
+        return blobs, layers
+
+    def _mark(self, digest: str, blobs: set[str], layers: set[str], depth: int) -> None:
+        blobs.add(digest)
+        if depth > 2 or not self.has_blob(digest):
+            return
+        try:
+            doc = self.read_json(digest)
+        except (ImageError, NotFound):
+            return
+        if not isinstance(doc, dict):
+            return
+        for sub in doc.get("manifests") or []:
+            if isinstance(sub, dict) and isinstance(sub.get("digest"), str):
+                if self.has_blob(sub["digest"]):
+                    self._mark(sub["digest"], blobs, layers, depth + 1)
+        cfg = doc.get("config")
+        if isinstance(cfg, dict) and isinstance(cfg.get("digest"), str):
+            blobs.add(cfg["digest"])
+            with contextlib.suppress(ImageError, NotFound):
+                config = self.read_json(cfg["digest"])
+                if isinstance(config, dict):
+                    layers.update(d for d in (config.get("rootfs") or {}).get("diff_ids") or []
+                                  if isinstance(d, str))
+        for layer in doc.get("layers") or []:
+            if isinstance(layer, dict) and isinstance(layer.get("digest"), str):
+                blobs.add(layer["digest"])
+
+    def gc(self, in_use_layers: Iterable[str] = ()) -> dict:
+        """Remove blobs and layers no image references.
+
+        `in_use_layers`: diff_ids (or their hex) that containers still use;
+        they are kept even when no image references them any more. Also
+        clears tmp/ leftovers of crashed writers (never a locked one).
+        """
+        keep_layers = {d if d.startswith("sha256:") else "sha256:" + d for d in in_use_layers}
+        removed_blobs: list[str] = []
+        removed_layers: list[str] = []
+        freed = 0
+        with self._flock("gc.lock", fcntl.LOCK_EX):
+            with self._flock("images.lock", fcntl.LOCK_SH):
+                blobs, layers = self.referenced()
+            layers |= keep_layers
+            for digest in self.blobs():
+                if digest not in blobs:
+                    with contextlib.suppress(FileNotFoundError):
+                        freed += os.lstat(self.blob_path(digest)).st_size
+                    if self.remove_blob(digest):
+                        removed_blobs.append(digest)
+            for diff_id in self.layers():
+                if diff_id not in layers and self.remove_layer(diff_id):
+                    removed_layers.append(diff_id)
+            self._clean_tmp()
+        return {"blobs": removed_blobs, "layers": removed_layers, "bytes": freed}
+
+    def _clean_tmp(self) -> None:
+        try:
+            names = os.listdir(self.tmp_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = os.path.join(self.tmp_dir, name)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a writer is still at work
+                if os.path.isdir(path) and not os.path.islink(path):
+                    _rmtree(path)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+            finally:
+                os.close(fd)
+
+
+def _rmtree(path: str) -> None:
+    """Remove a tree we made, including read-only dirs and device nodes."""
+    def onerror(func, p, exc_info):  # type: ignore[no-untyped-def]
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o700)
+            func(p)
+
+    shutil.rmtree(path, onerror=onerror)
+
+
+def now_rfc3339() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
