@@ -41,7 +41,6 @@ _HERE = Path(__file__).resolve().parent
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 IN_VM = os.environ.get("HANOK_IN_VM") == "1"
 _SKIP_REASONS: set[str] = set()
-_MODE_KEY = pytest.StashKey[tuple[str, str]]()
 _RUN_KEY = pytest.StashKey[object]()
 _NOTES_KEY = pytest.StashKey[list[str]]()
 
@@ -106,14 +105,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not ours:
         return
     mode, why = _mode()
-    config.stash[_MODE_KEY] = (mode, why)
     if mode == "skip":
         for i in ours:
             items[i].add_marker(pytest.mark.skip(reason=why))
         _SKIP_REASONS.add(why)
     elif mode == "vm":
         for i in ours:
-            items[i] = VMProxy.from_parent(items[i].parent, name=items[i].name, original=items[i])
+            parent = items[i].parent
+            assert parent is not None
+            items[i] = VMProxy.from_parent(parent, name=items[i].name, original=items[i])
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
@@ -158,7 +158,7 @@ class VMProxy(pytest.Item):
                     parts.append(f"---- inside the VM, {title}:\n{content}")
             raise VMFailure("\n".join(parts))
         for r in reports:
-            if r.get("wasxfail") is not None:
+            if r.get("wasxfail") is not None and r["outcome"] == "skipped":  # xpass: passed
                 pytest.xfail(f"inside the VM: {r['wasxfail']}")
             if r["outcome"] == "skipped":
                 reason = f"inside the VM: {r['longrepr']}"
@@ -185,7 +185,8 @@ def _vm_run(session: pytest.Session):
 
     nodeids = [item.nodeid for item in session.items if isinstance(item, VMProxy)]
     results = Path(tempfile.mkdtemp(prefix="hanok-vm-"))
-    run = run_in_vm.run_pytest(nodeids, results)
+    # node ids are relative to the rootdir: the inner pytest runs there, with the same one
+    run = run_in_vm.run_pytest(nodeids, results, rootdir=config.rootpath)
     config.stash[_RUN_KEY] = run
     note = f"{len(nodeids)} test(s) ran in a virtme-ng VM ({run_in_vm.find_kernel()}): {run.summary()}"
     if run.returncode == 0 and not run.timed_out and run.error is None:

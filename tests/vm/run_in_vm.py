@@ -36,6 +36,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 IN_VM_ENV = "HANOK_IN_VM"
 RESULTS_ENV = "HANOK_VM_RESULTS"
@@ -156,6 +157,34 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+def _end_vm_on_signals(proc: subprocess.Popen):
+    """While the VM runs, SIGTERM/SIGHUP to us first end the VM's process group.
+
+    The VM has its own session (so that it can be killed as a whole without
+    killing us), hence a signal meant for our process group would miss it. The
+    signal is then re-raised with the previous disposition, so we still die of
+    it. Returns the function that restores the previous handlers.
+    """
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame) -> None:
+        _kill_group(proc)
+        signal.signal(signum, previous.pop(signum))
+        os.kill(os.getpid(), signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except ValueError:  # not the main thread: no handlers, the timeout still holds
+            break
+
+    def restore() -> None:
+        for signum, old in list(previous.items()):
+            signal.signal(signum, old)
+
+    return restore
+
+
 def guest_command(shell: str, results: Path) -> str:
     """`shell` wrapped so the guest's uptime is recorded before and after it."""
     r = shlex.quote(str(results))
@@ -199,15 +228,17 @@ def boot(shell: str, results: Path, timeout: float | None = None, cwd: Path = RE
         except OSError as e:
             run.error = f"cannot start {vng}: {e}"
             return run
+        restore = _end_vm_on_signals(proc)
         try:
             run.returncode = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             run.timed_out = True
             _kill_group(proc)
-        except BaseException:
+        except BaseException:  # KeyboardInterrupt and the like
             _kill_group(proc)
             raise
         finally:
+            restore()
             run.wall = time.monotonic() - start
         log.seek(0)
         run.log = log.read().decode(errors="replace")
@@ -236,10 +267,12 @@ def _read_reports(path: Path, run: VMRun) -> None:
 
 
 def run_pytest(pytest_args: list[str], results: Path | None = None, timeout: float | None = None,
-               echo: bool = False) -> VMRun:
+               echo: bool = False, rootdir: Path = REPO_ROOT) -> VMRun:
+    """pytest `pytest_args` in a VM, from `rootdir` (node ids are relative to it)."""
     if results is None:
         results = Path(tempfile.mkdtemp(prefix="hanok-vm-"))
-    return boot(pytest_shell(pytest_args, results), results, timeout=timeout, echo=echo)
+    return boot(pytest_shell(pytest_args, results, rootdir=rootdir), results, timeout=timeout,
+                cwd=rootdir, echo=echo)
 
 
 def main(argv: list[str]) -> int:
