@@ -186,3 +186,37 @@ def manager(path: str, container_id: str) -> Manager:
     from hanok.cgroups.v1 import V1Manager
 
     return V1Manager(path, container_id)
+
+
+def prime_migration() -> None:
+    """Start the kernel's slow path for moving a process between cgroups, now, in a thread.
+
+    Moving a process into a cgroup takes a per-cpu rwsem for writing, and the
+    first writer after a quiet spell waits for an RCU grace period (~10 ms
+    here); writers within the following grace period are quick. A no-op move
+    of ourselves into our own cgroup (writing "0" to its cgroup.procs), done in
+    a thread at the start of `create`, pays that wait while the rest of
+    `create` runs, so putting the container's init into its cgroup later
+    costs well under a millisecond instead of ~10 ms.
+    """
+    import _thread
+
+    _thread.start_new_thread(_move_self_in_place, ())
+
+
+def _move_self_in_place() -> None:
+    try:
+        with open("/proc/self/cgroup") as f:
+            line = f.readline().rstrip("\n")
+        _, controllers, path = line.split(":", 2)
+        if host_mode() == UNIFIED or not controllers:
+            base = CGROUP_ROOT if host_mode() == UNIFIED else os.path.join(CGROUP_ROOT, "unified")
+        else:
+            base = os.path.join(CGROUP_ROOT, controllers.split(",")[0].replace("name=", ""))
+        fd = os.open(os.path.join(base + path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        pass  # only an optimisation

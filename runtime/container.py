@@ -43,6 +43,7 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
     from hanok.runtime import init, spec
     from hanok.runtime.process import ParentSync
 
+    cgroups.prime_migration()  # see there: saves ~10 ms when the init enters its cgroup
     state.validate_id(container_id)
     cfg = config or spec.load(bundle)
     cdir = state.make_dir(root, container_id)
@@ -81,10 +82,16 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
         if "user" in cfg.namespaces:
             init_pid = _fork_via_intermediate(cfg, sync, dir_fd, init_args, cgroup)
         else:
-            init_pid = _fork_init(cfg, sync, dir_fd, dict(init_args, wait_for_cgroup=True))
+            new_cgroupns = cfg.namespaces.get("cgroup", "") is None
+            init_pid = _fork_init(cfg, sync, dir_fd, dict(init_args, wait_for_cgroup=new_cgroupns))
             our_child = True
-            cgroup.enter(init_pid)
-            sync.send_ok()
+            try:
+                cgroup.enter(init_pid)  # while the init sets up: see container_init
+            except HanokError:
+                _raise_child_failure_first(sync)
+                raise
+            if new_cgroupns:
+                sync.send_ok()
         sync.close_child_ends()
         hook_state["pid"] = init_pid
         _wait_ready(cfg, sync, hook_state)
@@ -242,6 +249,19 @@ def _wait_ready(cfg, sync: ParentSync, hook_state: dict) -> None:
             raise_child_error(message)
         else:
             raise HanokError("container init exited during setup")
+
+
+def _raise_child_failure_first(sync: "ParentSync") -> None:
+    """If the child already died with a reason, raise that rather than our own error."""
+    import select
+
+    from hanok.runtime.process import raise_child_error
+
+    sync.close_child_ends()
+    if select.select([sync.from_child], [], [], 0.5)[0]:
+        message = sync.recv()
+        if message is not None and message.startswith("error "):
+            raise_child_error(message)
 
 
 def _cgroup_of(record: dict):
@@ -579,18 +599,23 @@ def exec_process(root: str, container_id: str, process: dict, *, detach: bool = 
             finally:
                 os._exit(1)
         sync.close_child_ends()
+        entered: HanokError | None = None
         try:
             if "cgroupsPath" in record:
                 _cgroup_of(record).enter(pid)
-        except BaseException:
-            _kill_quietly(pid)
-            _reap(pid)
-            raise
-        sync.send_ok()
+            sync.send_ok()
+        except HanokError as e:
+            entered = e  # the child may have failed first: its reason is the one to report
+        except BrokenPipeError:
+            pass
         message = sync.recv()
         if message is not None and message.startswith("error "):
             _reap(pid)
             raise_child_error(message)
+        if entered is not None:
+            _kill_quietly(pid)
+            _reap(pid)
+            raise entered
     finally:
         sync.close()
         if console_fd is not None:

@@ -275,8 +275,6 @@ def container_init(cfg: Config, sync: Sync, state_dir_fd: int, *, console_sock: 
                    hooks_in_parent: bool, state_json: dict, wait_for_cgroup: bool) -> None:
     """PID 1 of a new container: build its world, wait for `start`, exec the program."""
     try:
-        if wait_for_cgroup:
-            sync.wait_ok()  # the parent moves us into the container's cgroup first
         os.setsid()
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         sc.set_cmdline("hanok-oci init")
@@ -285,9 +283,16 @@ def container_init(cfg: Config, sync: Sync, state_dir_fd: int, *, console_sock: 
         join_namespaces({k: p for k, p in cfg.namespaces.items() if p is not None},
                         skip=("user", "pid", "time"))
         unshare(cfg, [k for k, p in cfg.namespaces.items()
-                      if p is None and k not in ("user", "pid", "time")])
+                      if p is None and k not in ("user", "pid", "time", "cgroup")])
         if cfg.namespaces.get("network", "") is None:
             loopback_up()
+        if cfg.namespaces.get("cgroup", "") is None:
+            if wait_for_cgroup:
+                # The parent moves us into the container's cgroup while we set
+                # up (the first migration can take ~10 ms: an RCU grace period);
+                # only a new cgroup namespace must wait, as it is rooted where we are.
+                sync.wait_ok()
+            unshare(cfg, ["cgroup"])
         rootfs.prepare(cfg, in_userns)
         if hooks_in_parent:
             sync.send("hooks")
@@ -400,7 +405,6 @@ def exec_process(cfg: Config, process: dict, init_pid: int, sync: Sync, *,
                  console_sock: int | None, preserve_fds: int) -> None:
     """A new process in a running container (`exec`): join its namespaces, exec."""
     try:
-        sync.wait_ok()  # the parent moves us into the container's cgroup first
         os.setsid()
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         ours = {sync.to_parent, sync.from_parent}
@@ -415,6 +419,7 @@ def exec_process(cfg: Config, process: dict, init_pid: int, sync: Sync, *,
         env = process.get("env") or []
         enter_cwd(process.get("cwd", "/"), create=False)
         executable = find_executable(process["args"], env, process.get("cwd", "/"))
+        sync.wait_ok()  # the parent has moved us into the container's cgroup
         finish_and_exec(process, cfg.seccomp, executable)
     except BaseException as e:  # noqa: BLE001
         sync.error(e)

@@ -8,6 +8,10 @@ What is measured (DESIGN.md "Hot paths": what a caller runs per container):
   cycle   `create`, `start` and `delete` of a /bin/true container, each timed
           on its own and summed per cycle (the wait for the process to exit
           between start and delete is not timed)
+  limits  `run` again with five cgroup limits (memory, pids, cpu shares,
+          cpu quota/period, cpuset); "limits add" is run+limits minus run,
+          per runtime: what creating, limiting, entering and removing a
+          cgroup costs inside each runtime's create/delete
 
 Every figure comes from one run with hanok and runc alternated A B A B, so the
 noise of a shared machine hits both sides alike; only medians, p90s and the
@@ -36,6 +40,8 @@ from typing import Callable
 WARMUP = 2                 # uncounted pairs per measurement: page cache, cgroup dirs, ...
 STOP_TIMEOUT_S = 10.0      # how long a started /bin/true may take to be reported "stopped"
 PR_SET_CHILD_SUBREAPER = 36
+FIVE_LIMITS = {"memory": {"limit": 256 << 20}, "pids": {"limit": 512}, "cpu": {"shares": 512,
+               "quota": 50000, "period": 100000, "cpus": "0"}}
 
 Sample = dict[str, int]    # step name -> nanoseconds, for one iteration
 
@@ -168,6 +174,11 @@ def make_bundle(dest: Path, runc: str) -> Path:
     config["process"]["args"] = ["/bin/true"]
     config["linux"].pop("resources", None)
     config_path.write_text(json.dumps(config, indent=2))
+    limited = dest.parent / "bundle-limits"
+    limited.mkdir()
+    config["root"]["path"] = str(rootfs)
+    config["linux"]["resources"] = FIVE_LIMITS
+    (limited / "config.json").write_text(json.dumps(config, indent=2))
     return dest
 
 
@@ -207,6 +218,13 @@ class Bench:
         ns = rt.call("run", "--bundle", self.bundle, cid)[0]
         rt.remove(cid)   # untimed: only if the runtime left state behind
         return {"run": ns}
+
+    def run_limited(self, rt: Runtime, i: int) -> Sample:
+        """The same `run` with five cgroup limits in config.json."""
+        cid = self.cid(rt, "lim", i)
+        ns = rt.call("run", "--bundle", str(Path(self.bundle).parent / "bundle-limits"), cid)[0]
+        rt.remove(cid)
+        return {"run+limits": ns}
 
     def cycle(self, rt: Runtime, i: int) -> Sample:
         """create, start, (untimed wait for exit), delete; each step timed alone."""
@@ -254,6 +272,9 @@ class Bench:
 
         progress("cycle: create + start + delete")
         add(alternate(self.pairs, self.a, self.b, self.cycle))
+
+        progress("limits: run with five cgroup limits")
+        add(alternate(self.pairs, self.a, self.b, self.run_limited))
         return merged
 
 
@@ -268,7 +289,7 @@ def summarize(samples: dict[str, dict[str, list[int]]], a: str, b: str) -> list[
         return round(ns / 1e6, 2)
 
     rows: list[dict[str, object]] = []
-    for key in ("run", "state", "create", "start", "delete", "create+start+delete"):
+    for key in ("run", "state", "create", "start", "delete", "create+start+delete", "run+limits"):
         row: dict[str, object] = {"measurement": key}
         for label in (a, b):
             xs = samples[label][key]
@@ -276,6 +297,14 @@ def summarize(samples: dict[str, dict[str, list[int]]], a: str, b: str) -> list[
             row[f"{label}_p90_ms"] = ms(statistics.quantiles(xs, n=10, method="inclusive")[8])
         row["ratio"] = round(statistics.median(samples[a][key]) / statistics.median(samples[b][key]), 2)
         rows.append(row)
+    # what five limits add to `run`, per runtime (difference of medians)
+    row = {"measurement": "limits add (run+limits - run)"}
+    for label in (a, b):
+        delta = statistics.median(samples[label]["run+limits"]) - statistics.median(samples[label]["run"])
+        row[f"{label}_median_ms"] = ms(delta)
+        row[f"{label}_p90_ms"] = "-"
+    row["ratio"] = "-"
+    rows.append(row)
     return rows
 
 
