@@ -1,0 +1,638 @@
+"""The OCI distribution client: pull images from a registry into the store.
+
+    pull(store, "alpine")                 -> "docker.io/library/alpine:latest"
+    login("localhost:5000", "u", "p")     -> writes ~/.docker/config.json
+
+A pull fetches the manifest (an image index / Docker manifest list is
+resolved to the host's platform or `platform=`), the image config and the
+layer blobs, each streamed into `store.ingest(digest, size)` and verified by
+digest and size as it arrives; nothing appears under a final name before it
+checked out. Layers download in parallel and are unpacked once per diff_id;
+blobs already in the store are not fetched again. The whole pull runs inside
+`store.transaction()` (gc waits) and a failure removes every blob and layer
+this pull added, so the store is left as it was.
+
+Auth: anonymous, basic, and bearer tokens (a 401's WWW-Authenticate
+`Bearer realm=..,service=..,scope=..` -> GET realm with basic credentials if
+any -> retry once; tokens cached per scope for the pull). Credentials come
+from `auth=(user, password)` or docker's config.json (`auths`, base64 `auth`
+or username/password; $DOCKER_CONFIG or ~/.docker). Credential helpers
+(`credsStore`, `credHelpers`) and identity tokens are not supported.
+
+Transport: https, plain http only for registries in `insecure_registries`
+(host or host:port; localhost and 127.0.0.1 by default). Connection errors,
+timeouts and 429/500/502/503/504 are retried a few times with backoff; a
+blob whose connection drops resumes with a Range request when the server
+answers 206, else starts over. Every failure is one ImageError line.
+
+`requests` is imported inside the functions that use it: it costs ~140 ms
+and must stay off the runtime's hot path.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from hanok.images import archive as _archive
+from hanok.images import reference as _reference
+from hanok.images.store import INDEX_TYPES, MANIFEST_TYPES, MT_DOCKER_LIST, MT_DOCKER_MANIFEST, \
+    MT_OCI_INDEX, MT_OCI_MANIFEST, Store
+from hanok.runtime.errors import ImageError
+
+ACCEPT = ", ".join((MT_OCI_INDEX, MT_OCI_MANIFEST, MT_DOCKER_LIST, MT_DOCKER_MANIFEST))
+MT_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
+              "application/vnd.docker.distribution.manifest.v1+prettyjws")
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_HOST = "registry-1.docker.io"
+DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
+DEFAULT_INSECURE = ("localhost", "127.0.0.1")
+
+# Tunables (tests lower them): attempts per request, first backoff (doubles),
+# (connect, read) timeouts in seconds.
+ATTEMPTS = 4
+BACKOFF = 0.25
+TIMEOUT: tuple[float, float] = (10.0, 60.0)
+_MANIFEST_LIMIT = 4 << 20
+_CHUNK = 1 << 20
+_RETRY_STATUS = (429, 500, 502, 503, 504)
+
+Progress = Callable[[str, int, int], None]  # (digest, bytes done, bytes total)
+
+
+# ------------------------------------------------------------------ credentials
+
+
+def docker_config_path(path: str | None = None) -> str:
+    """docker's config.json: `path`, else $DOCKER_CONFIG/config.json, else ~/.docker/config.json."""
+    if path:
+        return path
+    d = os.environ.get("DOCKER_CONFIG")
+    if d:
+        return os.path.join(d, "config.json")
+    return os.path.join(os.path.expanduser("~"), ".docker", "config.json")
+
+
+def _auth_keys(registry: str) -> list[str]:
+    if registry in (DOCKER_HUB, DOCKER_HUB_HOST, "index.docker.io"):
+        return [DOCKER_HUB_AUTH_KEY, "index.docker.io", "docker.io", DOCKER_HUB_HOST]
+    return [registry]
+
+
+def _key_host(key: str) -> str:
+    """`https://host:5000/v1/` -> `host:5000`."""
+    if "://" in key:
+        key = key.split("://", 1)[1]
+    return key.split("/", 1)[0]
+
+
+def _read_config(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ImageError(f"cannot read credentials from {path}: {e}") from None
+    if not isinstance(doc, dict):
+        raise ImageError(f"cannot read credentials from {path}: not a JSON object")
+    return doc
+
+
+def credentials(registry: str, path: str | None = None) -> tuple[str, str] | None:
+    """(username, password) for `registry` from docker's config.json `auths`, or None."""
+    path = docker_config_path(path)
+    auths = _read_config(path).get("auths")
+    if not isinstance(auths, dict):
+        return None
+    wanted = _auth_keys(registry)
+    by_host = {}
+    for key, entry in auths.items():
+        if isinstance(entry, dict):
+            by_host.setdefault(key, entry)
+            by_host.setdefault(_key_host(key), entry)
+    for key in wanted:
+        entry = by_host.get(key) or by_host.get(_key_host(key))
+        if entry is None:
+            continue
+        if entry.get("auth"):
+            try:
+                user, sep, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                raise ImageError(f"{path}: the auth entry for {key} is not base64 of user:password") from None
+            if sep:
+                return user, password
+        if entry.get("username") and entry.get("password") is not None:
+            return str(entry["username"]), str(entry["password"])
+    return None
+
+
+def login(registry: str, username: str, password: str, config_path: str | None = None, *,
+          verify: bool = True, insecure_registries: Iterable[str] = DEFAULT_INSECURE) -> str:
+    """Store credentials for `registry` in docker's config.json (mode 0600); returns the path.
+
+    With `verify` the credentials are tried against the registry first (GET
+    /v2/ and, for token auth, a token request): wrong ones raise ImageError
+    and nothing is written.
+    """
+    path = docker_config_path(config_path)
+    registry = _registry_of(registry)
+    if verify:
+        client = _Client(registry, None, insecure_registries, (username, password))
+        try:
+            client.check_login()
+        finally:
+            client.close()
+    key = DOCKER_HUB_AUTH_KEY if registry == DOCKER_HUB else registry
+    doc = _read_config(path)
+    auths = doc.get("auths")
+    if not isinstance(auths, dict):
+        auths = doc["auths"] = {}
+    auths[key] = {"auth": base64.b64encode(f"{username}:{password}".encode()).decode()}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(doc, indent="\t") + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _registry_of(text: str) -> str:
+    """`https://host:5000/` or `host:5000` -> `host:5000`; Docker Hub's aliases -> docker.io."""
+    host = _key_host(text.strip())
+    if host in ("index.docker.io", DOCKER_HUB_HOST, DOCKER_HUB, ""):
+        return DOCKER_HUB
+    return host
+
+
+# ------------------------------------------------------------------ HTTP
+
+
+def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """`Bearer realm="x",service="y"` -> ("bearer", {"realm": "x", "service": "y"})."""
+    header = header.strip()
+    scheme, _, rest = header.partition(" ")
+    params: dict[str, str] = {}
+    i, n = 0, len(rest)
+    while i < n:
+        while i < n and rest[i] in " ,":
+            i += 1
+        eq = rest.find("=", i)
+        if eq < 0:
+            break
+        key = rest[i:eq].strip().lower()
+        i = eq + 1
+        if i < n and rest[i] == '"':
+            i += 1
+            val = []
+            while i < n and rest[i] != '"':
+                if rest[i] == "\\" and i + 1 < n:
+                    i += 1
+                val.append(rest[i])
+                i += 1
+            i += 1
+            params[key] = "".join(val)
+        else:
+            end = rest.find(",", i)
+            end = n if end < 0 else end
+            params[key] = rest[i:end].strip()
+            i = end
+    return scheme.lower(), params
+
+
+def _registry_error(r: object) -> str:
+    """The `errors[0]` of a registry's JSON error body, as `CODE: message`, or ''."""
+    try:
+        doc = r.json()  # type: ignore[attr-defined]
+        err = doc["errors"][0]
+        return f"{err.get('code', '')}: {err.get('message', '')}".strip(": ")
+    except Exception:
+        return ""
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _Client:
+    """One registry and repository, for one pull: a requests session, auth state, retries."""
+
+    def __init__(self, registry: str, repository: str | None, insecure: Iterable[str],
+                 auth: tuple[str, str] | None, config: str | None = None, pool_size: int = 10):
+        import requests  # noqa: F401 (imported here, off the hot path)
+
+        self.requests = requests
+        self.registry = registry
+        self.repository = repository
+        host = DOCKER_HUB_HOST if registry == DOCKER_HUB else registry
+        hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        insecure = set(insecure)
+        scheme = "http" if (host in insecure or hostname in insecure or registry in insecure) else "https"
+        self.host = host
+        self.root = f"{scheme}://{host}/v2/"
+        self.base = f"{self.root}{repository}/" if repository else self.root
+        self.creds = auth if auth is not None else credentials(registry, config)
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = "hanok"
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(10, pool_size))
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.default_scope = f"repository:{repository}:pull" if repository else ""
+        self.lock = threading.Lock()
+        self.tokens: dict[str, str] = {}      # scope -> bearer token
+        self.authz: str | None = None         # the Authorization header in use
+        self.requests_made = 0
+
+    def close(self) -> None:
+        self.session.close()
+
+    # ---------------------------------------------------------- auth
+
+    def _unauthorized(self, what: str) -> ImageError:
+        if self.creds:
+            return ImageError(f"unauthorized: {self.registry} rejected the credentials for {what}: "
+                              f"check `hanok login {self.registry}`")
+        return ImageError(f"unauthorized: {self.registry} requires authentication for {what}: "
+                          f"check `hanok login {self.registry}`")
+
+    def _authenticate(self, challenge: str, sent: str | None, what: str) -> None:
+        """Answer a 401: set self.authz (basic, or a fresh bearer token)."""
+        scheme, params = _parse_challenge(challenge)
+        with self.lock:
+            if self.authz != sent:  # another thread already re-authenticated
+                return
+            if scheme == "basic":
+                if not self.creds:
+                    raise self._unauthorized(what)
+                token = base64.b64encode(f"{self.creds[0]}:{self.creds[1]}".encode()).decode()
+                self.authz = "Basic " + token
+                return
+            if scheme != "bearer" or not params.get("realm"):
+                raise ImageError(f"unauthorized: {self.registry} asks for unsupported authentication "
+                                 f"{challenge!r} for {what}")
+            scope = params.get("scope", self.default_scope)
+            cached = self.tokens.get(scope)
+            if cached and "Bearer " + cached != sent:
+                self.authz = "Bearer " + cached
+                return
+            self.tokens[scope] = self._fetch_token(params["realm"], params.get("service"), scope, what)
+            self.authz = "Bearer " + self.tokens[scope]
+
+    def _fetch_token(self, realm: str, service: str | None, scope: str, what: str) -> str:
+        requests = self.requests
+        query = {}
+        if service:
+            query["service"] = service
+        if scope:
+            query["scope"] = scope
+        if self.creds:
+            query["account"] = self.creds[0]
+        last: Exception | None = None
+        for attempt in range(ATTEMPTS):
+            try:
+                r = self.session.get(realm, params=query, auth=self.creds, timeout=TIMEOUT)
+            except (requests.ConnectionError, requests.Timeout) as e:
+                last = e
+                time.sleep(BACKOFF * 2 ** attempt)
+                continue
+            with r:
+                if r.status_code in (401, 403):
+                    raise self._unauthorized(what)
+                if r.status_code in _RETRY_STATUS:
+                    last = ImageError(f"token server {realm} answered {r.status_code}")
+                    time.sleep(BACKOFF * 2 ** attempt)
+                    continue
+                if r.status_code != 200:
+                    raise ImageError(f"token server {realm} answered {r.status_code} {r.reason} for {what}")
+                try:
+                    doc = r.json()
+                    token = doc.get("token") or doc.get("access_token")
+                except ValueError:
+                    token = None
+                if not isinstance(token, str) or not token:
+                    raise ImageError(f"token server {realm} sent no token for {what}")
+                return token
+        raise ImageError(f"cannot get a token from {realm} for {what}: {last}")
+
+    def check_login(self) -> None:
+        """GET /v2/ with the credentials (for `login`)."""
+        self.request("GET", self.root, what=f"login to {self.registry}", not_found="registry API not found")
+
+    # ---------------------------------------------------------- requests
+
+    def _connection_error(self, e: Exception, what: str, attempts: int) -> ImageError:
+        requests = self.requests
+        text = str(e)
+        if isinstance(e, requests.exceptions.SSLError):
+            return ImageError(f"{what}: TLS error talking to {self.host} ({e.__class__.__name__}); "
+                              "if it serves plain http, mark it an insecure registry")
+        if isinstance(e, requests.Timeout):
+            return ImageError(f"{what}: registry {self.host} timed out ({attempts} attempts)")
+        if "refused" in text.lower():
+            return ImageError(f"{what}: cannot connect to registry {self.host}: connection refused "
+                              f"({attempts} attempts)")
+        if "Name or service not known" in text or "resolve" in text.lower():
+            return ImageError(f"{what}: cannot resolve registry host {self.host}")
+        return ImageError(f"{what}: connection to registry {self.host} failed ({attempts} attempts): "
+                          f"{e.__class__.__name__}")
+
+    def request(self, method: str, url: str, *, headers: dict | None = None, stream: bool = False,
+                what: str, not_found: str) -> object:
+        """One request with auth, retries of transient failures and one-line errors."""
+        requests = self.requests
+        attempts = 0
+        reauthed = False
+        while True:
+            h = dict(headers or {})
+            sent = self.authz
+            if sent:
+                h["Authorization"] = sent
+            try:
+                self.requests_made += 1
+                r = self.session.request(method, url, headers=h, stream=stream, timeout=TIMEOUT)
+            except requests.exceptions.SSLError as e:
+                raise self._connection_error(e, what, attempts + 1) from None
+            except (requests.ConnectionError, requests.Timeout) as e:
+                attempts += 1
+                if attempts >= ATTEMPTS:
+                    raise self._connection_error(e, what, attempts) from None
+                time.sleep(BACKOFF * 2 ** (attempts - 1))
+                continue
+            code = r.status_code
+            if code == 401:
+                challenge = r.headers.get("WWW-Authenticate", "")
+                r.close()
+                if reauthed or not challenge:
+                    raise self._unauthorized(what)
+                reauthed = True
+                self._authenticate(challenge, sent, what)
+                continue
+            if code in _RETRY_STATUS:
+                detail = _registry_error(r)
+                r.close()
+                attempts += 1
+                if attempts >= ATTEMPTS:
+                    raise ImageError(f"{what}: registry {self.host} answered {code} {r.reason}"
+                                     f"{' (' + detail + ')' if detail else ''} after {attempts} attempts")
+                delay = BACKOFF * 2 ** (attempts - 1)
+                with contextlib.suppress(ValueError, TypeError):
+                    delay = max(delay, min(float(r.headers.get("Retry-After", 0)), 10.0))
+                time.sleep(delay)
+                continue
+            if code == 404:
+                r.close()
+                raise ImageError(not_found)
+            if code == 403:
+                detail = _registry_error(r)
+                r.close()
+                raise ImageError(f"denied: {what} on {self.registry}{': ' + detail if detail else ''}")
+            if code >= 400 or code < 200:
+                detail = _registry_error(r)
+                r.close()
+                raise ImageError(f"{what}: registry {self.host} answered {code} {r.reason}"
+                                 f"{' (' + detail + ')' if detail else ''}")
+            return r
+
+    # ---------------------------------------------------------- manifests
+
+    def manifest(self, ref: str, display: str, expected_digest: str | None = None) -> tuple[bytes, str]:
+        """(body, media type) of a manifest or index; verified when asked by digest."""
+        import urllib3
+
+        what = f"manifest {display}"
+        for attempt in range(1, ATTEMPTS + 1):
+            r = self.request("GET", f"{self.base}manifests/{ref}", headers={"Accept": ACCEPT}, stream=True,
+                             what=what, not_found=f"manifest unknown: {display} not found")
+            with r:  # type: ignore[attr-defined]
+                try:
+                    body = r.raw.read(_MANIFEST_LIMIT + 1, decode_content=True)  # type: ignore[attr-defined]
+                    break
+                except (urllib3.exceptions.HTTPError, OSError) as e:
+                    if attempt == ATTEMPTS:
+                        raise ImageError(f"{what}: connection to {self.host} broke {attempt} times: "
+                                         f"{e.__class__.__name__}") from None
+                time.sleep(BACKOFF * 2 ** (attempt - 1))
+        ctype = r.headers.get("Content-Type", "").split(";")[0].strip()  # type: ignore[attr-defined]
+        if len(body) > _MANIFEST_LIMIT:
+            raise ImageError(f"{what} is larger than {_MANIFEST_LIMIT} bytes")
+        from hanok.images.store import digest_of
+
+        got = digest_of(body)
+        if expected_digest and got != expected_digest:
+            raise ImageError(f"{what}: digest mismatch: expected {expected_digest}, got {got}")
+        return body, ctype
+
+    # ---------------------------------------------------------- blobs
+
+    def blob_into(self, store: Store, digest: str, size: int, cancel: threading.Event,
+                  progress: Progress | None) -> bool:
+        """Stream a blob into the store, resuming or restarting on a dropped connection.
+
+        Returns True when this call created the blob (False: it was there already).
+        """
+        import urllib3
+
+        requests = self.requests
+        url = f"{self.base}blobs/{digest}"
+        what = f"blob {digest}"
+        not_found = f"blob unknown: {digest} not found in {self.registry}/{self.repository}"
+        w = store.ingest(digest, size)
+        failures = 0
+        try:
+            while True:
+                if cancel.is_set():
+                    raise _Cancelled()
+                headers = {"Range": f"bytes={w.size}-"} if w.size else {}
+                try:
+                    r = self.request("GET", url, headers=headers, stream=True, what=what, not_found=not_found)
+                    with r:  # type: ignore[attr-defined]
+                        if w.size:
+                            start = -1
+                            if r.status_code == 206:  # type: ignore[attr-defined]
+                                cr = r.headers.get("Content-Range", "")  # type: ignore[attr-defined]
+                                with contextlib.suppress(ValueError):
+                                    start = int(cr.split(" ", 1)[1].split("-", 1)[0])
+                            if start != w.size:  # no resume: start over
+                                w.abort()
+                                w = store.ingest(digest, size)
+                        for chunk in r.raw.stream(_CHUNK, decode_content=False):  # type: ignore[attr-defined]
+                            if cancel.is_set():
+                                raise _Cancelled()
+                            try:
+                                w.write(chunk)
+                            except OSError as e:  # the store's disk, not the network: no retry
+                                raise ImageError(f"{what}: cannot write to the store: {e}") from None
+                            if progress is not None:
+                                progress(digest, w.size, size)
+                    if w.size < size:
+                        raise EOFError(f"connection closed after {w.size} of {size} bytes")
+                except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError,
+                        EOFError, OSError) as e:
+                    failures += 1
+                    if failures >= ATTEMPTS:
+                        raise ImageError(f"{what}: download failed after {failures} attempts "
+                                         f"({w.size} of {size} bytes): {e.__class__.__name__}") from None
+                    time.sleep(BACKOFF * 2 ** (failures - 1))
+                    continue
+                w.commit()  # verifies size and digest; removes the tmp file on mismatch
+                return w.created
+        finally:
+            w.abort()  # no-op after a commit
+
+
+# ------------------------------------------------------------------ pull
+
+
+def _media_type(doc: dict, header: str) -> str:
+    mt = doc.get("mediaType")
+    if isinstance(mt, str) and mt:
+        return mt
+    if header in INDEX_TYPES or header in MANIFEST_TYPES:
+        return header
+    if "manifests" in doc:
+        return MT_OCI_INDEX
+    return MT_OCI_MANIFEST
+
+
+def _load_json(body: bytes, what: str) -> object:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ImageError(f"{what} is not valid JSON: {e}") from None
+
+
+def pull(store: Store, reference: str | _reference.Reference, *, platform: str | dict | None = None,
+         insecure_registries: Iterable[str] = DEFAULT_INSECURE, auth: tuple[str, str] | None = None,
+         progress: Progress | None = None, max_workers: int = 3, config_path: str | None = None) -> str:
+    """Pull `reference` into `store`; returns the stored image name (canonical form)."""
+    ref = reference if isinstance(reference, _reference.Reference) else _reference.parse(reference)
+    want = _archive.parse_platform(platform) if isinstance(platform, str) else platform
+    display = str(ref)
+    client = _Client(ref.registry, ref.repository, insecure_registries, auth, config_path, max_workers)
+    try:
+        with store.transaction():
+            return _pull(store, client, ref, display, want, progress, max_workers)
+    finally:
+        client.close()
+
+
+def _pull(store: Store, client: _Client, ref: _reference.Reference, display: str, want: dict | None,
+          progress: Progress | None, max_workers: int) -> str:
+    body, ctype = client.manifest(ref.reference, display, ref.digest)
+    doc = _load_json(body, f"manifest {display}")
+    if not isinstance(doc, dict):
+        raise ImageError(f"manifest {display} is not a JSON object")
+    mt = _media_type(doc, ctype)
+    if mt in MT_SCHEMA1 or doc.get("schemaVersion") == 1:
+        raise ImageError(f"manifest {display}: Docker schema 1 manifests are not supported")
+    if mt in INDEX_TYPES:
+        entries = _archive._check_index(doc, f"index {display}")
+        try:
+            chosen = _archive.select_platform(entries, want, display)
+        except ImageError:
+            plat = want or _archive.host_platform()
+            have = sorted({_archive._platform_str(m["platform"]) for m in entries
+                           if isinstance(m.get("platform"), dict)})
+            raise ImageError(f"no manifest for {_archive._platform_str(plat)} in {display} "
+                             f"(available: {', '.join(have) or 'none'})") from None
+        if chosen["mediaType"] not in MANIFEST_TYPES:
+            raise ImageError(f"index {display}: entry {chosen['digest']} has unsupported media type "
+                             f"{chosen['mediaType']!r}")
+        body, ctype = client.manifest(chosen["digest"], f"{display} ({chosen['digest']})", chosen["digest"])
+        doc = _load_json(body, f"manifest {chosen['digest']}")
+        if isinstance(doc, dict):
+            doc.setdefault("mediaType", chosen["mediaType"])
+    elif mt not in MANIFEST_TYPES:
+        raise ImageError(f"manifest {display}: unknown media type {mt!r}")
+    from hanok.images.store import digest_of
+
+    manifest_digest = digest_of(body)
+    manifest = _archive._check_manifest(doc, manifest_digest)
+    cfg_desc = manifest["config"]
+    layers = manifest["layers"]
+
+    created_blobs: list[str] = []
+    created_layers: list[str] = []
+    try:
+        if not store.has_blob(cfg_desc["digest"]):
+            if cfg_desc["size"] > _MANIFEST_LIMIT:
+                raise ImageError(f"image config {cfg_desc['digest']} is larger than {_MANIFEST_LIMIT} bytes")
+            if client.blob_into(store, cfg_desc["digest"], cfg_desc["size"], threading.Event(), None):
+                created_blobs.append(cfg_desc["digest"])
+        config_bytes = store.read_blob(cfg_desc["digest"])
+        config = _archive._check_config(_load_json(config_bytes, f"image config {cfg_desc['digest']}"),
+                                        cfg_desc["digest"], len(layers))
+        diff_ids = config["rootfs"]["diff_ids"]
+        _fetch_layers(store, client, layers, diff_ids, progress, max_workers, created_blobs, created_layers)
+        if not store.has_blob(manifest_digest):
+            with store.ingest(manifest_digest, len(body)) as w:
+                w.write(body)
+            if w.created:
+                created_blobs.append(manifest_digest)
+        name = str(ref)
+        return store.tag(name, manifest_digest)
+    except BaseException:
+        for diff_id in reversed(created_layers):
+            with contextlib.suppress(OSError):
+                store.remove_layer(diff_id)
+        for digest in reversed(created_blobs):
+            store.remove_blob(digest)
+        raise
+
+
+def _fetch_layers(store: Store, client: _Client, layers: list[dict], diff_ids: list[str],
+                  progress: Progress | None, max_workers: int, created_blobs: list[str],
+                  created_layers: list[str]) -> None:
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    cancel = threading.Event()
+    lock = threading.Lock()
+    todo: dict[str, tuple[dict, str]] = {}
+    for desc, diff_id in zip(layers, diff_ids):
+        todo.setdefault(desc["digest"], (desc, diff_id))
+
+    def one(desc: dict, diff_id: str) -> None:
+        digest = desc["digest"]
+        if not store.has_blob(digest):
+            if client.blob_into(store, digest, desc["size"], cancel, progress):
+                with lock:
+                    created_blobs.append(digest)
+        elif progress is not None:
+            progress(digest, desc["size"], desc["size"])
+        if cancel.is_set():
+            raise _Cancelled()
+        _, new = store.unpack_layer(digest, diff_id)
+        if new:
+            with lock:
+                created_layers.append(diff_id)
+
+    if not todo:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(todo))),
+                            thread_name_prefix="hanok-pull") as pool:
+        futures = [pool.submit(one, desc, diff_id) for desc, diff_id in todo.values()]
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:  # KeyboardInterrupt: stop the workers, then unwind
+            cancel.set()
+            raise
+        first = next((f.exception() for f in futures if f.done() and not f.cancelled()
+                      and f.exception() is not None and not isinstance(f.exception(), _Cancelled)), None)
+        if first is not None:
+            cancel.set()
+            for f in futures:
+                f.cancel()
+    if first is not None:
+        raise first
