@@ -188,20 +188,55 @@ def manager(path: str, container_id: str) -> Manager:
     return V1Manager(path, container_id)
 
 
-def prime_migration() -> None:
-    """Start the kernel's slow path for moving a process between cgroups, now, in a thread.
+class BackgroundSetup:
+    """Create and limit a container's cgroup in a thread, then warm up migration.
 
     Moving a process into a cgroup takes a per-cpu rwsem for writing, and the
     first writer after a quiet spell waits for an RCU grace period (~10 ms
-    here); writers within the following grace period are quick. A no-op move
-    of ourselves into our own cgroup (writing "0" to its cgroup.procs), done in
-    a thread at the start of `create`, pays that wait while the rest of
-    `create` runs, so putting the container's init into its cgroup later
-    costs well under a millisecond instead of ~10 ms.
+    here) while holding cgroup_mutex; writers within the following grace
+    period are quick. So, in a thread while `create` goes on: make the cgroup
+    and write its limits (`wait()` returns once that is done, re-raising its
+    error), then move ourselves into our own cgroup (a no-op that pays the
+    grace period). By the time the init is moved in, that costs well under a
+    millisecond. runc hides the same wait behind its child's start-up.
+    With --explain the work is done inline, so the trace stays in order; so it
+    is with `inline` (the kernel refuses a new time namespace to a process
+    with a second thread: EUSERS).
     """
-    import _thread
 
-    _thread.start_new_thread(_move_self_in_place, ())
+    def __init__(self, manager: "Manager", resources: dict, inline: bool = False):
+        import _thread
+
+        from hanok.runtime import explain
+
+        self._error: BaseException | None = None
+        if inline or explain.enabled():
+            manager.create()
+            manager.apply(resources)
+            self._done = None
+            return
+        self._done = _thread.allocate_lock()
+        self._done.acquire()
+        _thread.start_new_thread(self._run, (manager, resources))
+
+    def _run(self, manager: "Manager", resources: dict) -> None:
+        try:
+            manager.create()
+            manager.apply(resources)
+        except BaseException as e:  # noqa: BLE001 - handed to wait()
+            self._error = e
+        finally:
+            self._done.release()  # type: ignore[union-attr]
+        if self._error is None:
+            _move_self_in_place()
+
+    def wait(self) -> None:
+        """Block until the cgroup exists with its limits; raise what went wrong."""
+        if self._done is not None:
+            with self._done:
+                pass
+        if self._error is not None:
+            raise self._error
 
 
 def _move_self_in_place() -> None:

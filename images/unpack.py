@@ -541,6 +541,9 @@ class _Extractor:
         except PermissionError:
             raise ImageError(f"layer entry {member.name!r}: creating an overlay whiteout "
                              "(a 0:0 character device) needs root") from None
+        # the tar entry's time, so the same layer always unpacks to the same tree
+        ns = int(member.mtime * 1e9)
+        os.utime(name, ns=(ns, ns), dir_fd=parent, follow_symlinks=False)
 
     def finish(self) -> None:
         """Directory modes and mtimes, last: creating children changed them."""
