@@ -477,13 +477,91 @@ _OCI_HANDLERS = {
 }
 
 
+class Application:
+    """What every `hanok` command shares (click's ctx.obj): where the image store lives.
+
+    Plain Python, no imports: the store (and requests, for pulls) is loaded by
+    the commands that use it, so `hanok --help` and the container verbs stay cheap.
+    """
+
+    def __init__(self, store_root: str):
+        self.store_root = store_root
+        self._store = None
+
+    @property
+    def store(self):  # -> hanok.images.store.Store
+        if self._store is None:
+            from hanok.images.store import Store
+
+            self._store = Store(self.store_root)
+        return self._store
+
+
+def _human_size(n: int) -> str:
+    """docker's SIZE column: decimal units, three significant digits (`5.24MB`)."""
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.3g}{unit}"
+        value /= 1000
+    return f"{n}B"
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """`docker.io/library/alpine:3` -> (`alpine`, `3`); a digest-only name has TAG `<none>`."""
+    from hanok.images import reference
+
+    from hanok.runtime.errors import HanokError
+
+    try:
+        ref = reference.parse(name)
+    except HanokError:  # a hand-edited images.json entry: show it as it is
+        return name, "<none>"
+    repo = reference.Reference(ref.registry, ref.repository).familiar()
+    return repo, ref.tag or "<none>"
+
+
+def _short_id(image_id: str) -> str:
+    return image_id[len("sha256:"):][:12] if image_id.startswith("sha256:") else image_id[:12]
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    """Columns left-aligned, three spaces apart (docker's tabwriter padding)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+class _PullProgress:
+    """One status line on stderr while a pull runs (only on a terminal)."""
+
+    def __init__(self, name: str):
+        import threading
+
+        self.name = name
+        self.lock = threading.Lock()
+        self.blobs: dict[str, tuple[int, int]] = {}
+
+    def __call__(self, digest: str, done: int, total: int) -> None:
+        with self.lock:
+            self.blobs[digest] = (done, total)
+            got = sum(d for d, _ in self.blobs.values())
+            want = sum(t for _, t in self.blobs.values())
+            sys.stderr.write(f"\r{self.name}: {_human_size(got)} / {_human_size(want)}\x1b[K")
+            sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.blobs:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
 def hanok_main() -> None:
     """Entry point of `hanok`, the CLI for people and node agents (click).
 
-    Images, networks and pods arrive with their issues; today it makes bundles
-    and runs them, with exit codes as docker's: 125 when hanok itself fails,
-    126/127 when the command cannot be invoked / is not found, else the
-    container's own code.
+    Networks and pods arrive with their issues; today it makes bundles and
+    runs them, and manages images. Exit codes as docker's: 125 when hanok
+    itself fails, 126/127 when the command cannot be invoked / is not found,
+    else the container's own code; 2 for usage errors (click's).
     """
     import click
 
@@ -494,16 +572,44 @@ def hanok_main() -> None:
         code = error.exit_code if error.exit_code in (126, 127) else 125
         sys.exit(code)
 
-    @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+    class Group(click.Group):
+        """Every HanokError a command lets through: `hanok: <message>`, one line, exit 125.
+
+        An OSError reaching here is a library bug (it should have been a
+        HanokError); it still gets one line rather than a traceback.
+        """
+
+        def invoke(self, ctx: click.Context) -> object:
+            try:
+                return super().invoke(ctx)
+            except HanokError as e:
+                fail(e)
+            except OSError as e:
+                where = f": {e.filename}" if e.filename else ""
+                fail(HanokError(f"{e.strerror or e}{where}"))
+
+    @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(__version__, prog_name="hanok")
-    def hanok() -> None:
+    @click.option("--store", "store_root", envvar="HANOK_ROOT", default="/var/lib/hanok", show_default=True,
+                  type=click.Path(file_okay=False), help="image store directory (env HANOK_ROOT)")
+    @click.pass_context
+    def hanok(ctx: click.Context, store_root: str) -> None:
         """hanok: a daemonless container runtime built on raw Linux primitives.
 
         \b
         Example:
           hanok bundle busybox /tmp/demo
           hanok run /tmp/demo
+          hanok pull alpine && hanok images
         """
+        ctx.obj = Application(store_root)
+
+    pass_app = click.make_pass_decorator(Application)
+
+    def echo_json(value: object) -> None:
+        import json
+
+        click.echo(json.dumps(value, indent=2))
 
     @hanok.group("bundle")
     def bundle_group() -> None:
@@ -551,6 +657,265 @@ def hanok_main() -> None:
         except HanokError as e:
             fail(e)
         sys.exit(code)
+
+    # ------------------------------------------------------------------ images
+
+    @hanok.command("pull")
+    @click.argument("ref")
+    @click.option("--platform", default=None, metavar="OS/ARCH[/VARIANT]",
+                  help="platform to pick from a multi-platform image (default: this host's)")
+    @click.option("-q", "--quiet", is_flag=True, help="no progress display")
+    @click.option("--json", "as_json", is_flag=True, help='print {"name", "digest", "id"} as JSON')
+    @pass_app
+    def pull_cmd(app: Application, ref: str, platform: str | None, quiet: bool, as_json: bool) -> None:
+        """Pull the image REF from its registry; prints the stored name.
+
+        REF is name[:tag][@digest] with Docker Hub's defaults (alpine =
+        docker.io/library/alpine:latest). Credentials come from `hanok login`
+        (docker's config.json); localhost and 127.0.0.1 are spoken to over
+        plain http.
+
+        \b
+        Example:
+          hanok pull alpine:3.19
+          hanok pull --platform linux/arm64 --json localhost:5000/team/app:1
+        """
+        from hanok.images import registry
+
+        progress = None
+        if not (quiet or as_json) and sys.stderr.isatty():
+            progress = _PullProgress(ref)
+        try:
+            name = registry.pull(app.store, ref, platform=platform, progress=progress)
+        finally:
+            if progress is not None:
+                progress.finish()
+        if as_json:
+            image = app.store.image(name)
+            echo_json({"name": name, "digest": image.digest, "id": image.id})
+        else:
+            click.echo(name)
+
+    @hanok.command("login")
+    @click.argument("registry_name", metavar="REGISTRY")
+    @click.option("-u", "--username", default=None, help="user name (asked for when missing)")
+    @click.option("--password-stdin", is_flag=True, help="read the password from stdin")
+    def login_cmd(registry_name: str, username: str | None, password_stdin: bool) -> None:
+        """Log in to REGISTRY: check the credentials, then store them.
+
+        They go to docker's config.json ($DOCKER_CONFIG/config.json, else
+        ~/.docker/config.json, mode 0600), which `hanok pull` and docker read.
+
+        \b
+        Example:
+          echo "$TOKEN" | hanok login -u alice --password-stdin registry.example.com
+        """
+        from hanok.images import registry
+
+        if password_stdin:
+            if username is None:
+                raise click.UsageError("--password-stdin needs --username")
+            password = sys.stdin.read().rstrip("\r\n")
+        else:
+            if username is None:
+                username = click.prompt("Username")
+            password = click.prompt("Password", hide_input=True)
+        if not password:
+            raise click.UsageError("the password is empty")
+        registry.login(registry_name, username, password)
+        click.echo("Login Succeeded")
+
+    @hanok.command("load")
+    @click.option("-i", "--input", "path", required=True, type=click.Path(),
+                  help="OCI image layout (directory or tar) or docker save archive")
+    @click.option("--json", "as_json", is_flag=True, help='print [{"name", "digest", "id"}] as JSON')
+    @pass_app
+    def load_cmd(app: Application, path: str, as_json: bool) -> None:
+        """Load images from an OCI layout or a `docker save` archive.
+
+        Prints the names of the loaded images, one per line.
+
+        An image the archive gives no name is printed (and can be used) by
+        its manifest digest.
+
+        \b
+        Example:
+          hanok load -i busybox.tar
+          skopeo copy docker://alpine oci:/tmp/alpine:3 && hanok load -i /tmp/alpine
+        """
+        from hanok.images import archive
+
+        names = archive.load(app.store, path)
+        if as_json:
+            out = []
+            for name in names:
+                image = app.store.image(name)
+                out.append({"name": None if name.startswith("sha256:") else name,
+                            "digest": image.digest, "id": image.id})
+            echo_json(out)
+        else:
+            for name in names:
+                click.echo(name)
+
+    @hanok.command("save")
+    @click.argument("names", metavar="NAME...", nargs=-1, required=True)
+    @click.option("-o", "--output", "dest", required=True, type=click.Path(),
+                  help="where to write the OCI layout: a directory, or a tar when it ends in .tar")
+    @pass_app
+    def save_cmd(app: Application, names: tuple[str, ...], dest: str) -> None:
+        """Write images as an OCI image layout.
+
+        skopeo, umoci and `hanok load` read it.
+
+        \b
+        Example:
+          hanok save -o busybox.tar busybox:latest
+          hanok save -o /tmp/layout alpine:3.19 alpine:3.20
+        """
+        from hanok.images import archive
+
+        archive.save(app.store, list(names), dest)
+
+    @hanok.command("import")
+    @click.argument("source", metavar="DIR|TAR", type=click.Path())
+    @click.argument("name")
+    @pass_app
+    def import_cmd(app: Application, source: str, name: str) -> None:
+        """Make a one-layer image NAME from a root filesystem.
+
+        Prints the image's name.
+
+        DIR is a directory holding the root filesystem; TAR a tar archive of
+        one (plain, gzip, or zstd when the zstandard module is installed).
+
+        \b
+        Example:
+          hanok import /tmp/demo/rootfs localhost/demo:1
+        """
+        from hanok.images import archive
+
+        click.echo(archive.import_rootfs(app.store, source, name))
+
+    @hanok.command("images")
+    @click.option("--json", "as_json", is_flag=True,
+                  help="one object per name: name, digest, id, size, created")
+    @click.option("-q", "--quiet", is_flag=True, help="only image ids (12 hex), each once")
+    @pass_app
+    def images_cmd(app: Application, as_json: bool, quiet: bool) -> None:
+        """List stored images: one row per name.
+
+        SIZE is the sum of the image's layer blobs as stored (compressed).
+
+        \b
+        Example:
+          hanok images
+          hanok rmi $(hanok images -q)
+        """
+        rows = []
+        for entry in app.store.list_images():
+            for name in entry["names"]:
+                rows.append((name, entry))
+        if as_json:
+            out = []
+            for name, entry in rows:
+                item = {"name": name, "digest": entry["digest"], "id": entry.get("id"),
+                        "size": entry.get("size"), "created": entry.get("created") or None}
+                if "error" in entry:
+                    item["error"] = entry["error"]
+                out.append(item)
+            echo_json(out)
+            return
+        for name, entry in rows:
+            if "error" in entry:
+                click.echo(f"hanok: {name}: {entry['error']}", err=True)
+        if quiet:
+            seen: dict[str, None] = {}
+            for _, entry in rows:
+                if entry.get("id"):
+                    seen.setdefault(_short_id(entry["id"]), None)
+            for short in seen:
+                click.echo(short)
+            return
+        table = [("REPOSITORY", "TAG", "IMAGE ID", "SIZE")]
+        for name, entry in sorted(rows, key=lambda r: _split_name(r[0])):
+            repo, tag = _split_name(name)
+            if "error" in entry:
+                table.append((repo, tag, "<corrupt>", "-"))
+            else:
+                table.append((repo, tag, _short_id(entry["id"]), _human_size(entry["size"])))
+        click.echo(_table(table))
+
+    @hanok.command("rmi")
+    @click.argument("names", metavar="NAME...", nargs=-1, required=True)
+    @pass_app
+    def rmi_cmd(app: Application, names: tuple[str, ...]) -> None:
+        """Remove image names.
+
+        A name removes that name; a digest or id removes every name of the image.
+
+        The blobs and layers stay until `hanok image prune`. Every NAME is
+        tried; the exit code is 125 when any of them failed.
+
+        \b
+        Example:
+          hanok rmi alpine:3.19
+          hanok rmi 3f57d9401f8d
+        """
+        failed = False
+        for name in names:
+            try:
+                removed = app.store.remove(name)
+            except HanokError as e:
+                click.echo(f"hanok: {e}", err=True)
+                failed = True
+                continue
+            for n in removed:
+                click.echo(f"Untagged: {n}")
+        if failed:
+            sys.exit(125)
+
+    @hanok.group("image", cls=Group)
+    def image_group() -> None:
+        """Inspect and clean up stored images."""
+
+    @image_group.command("inspect")
+    @click.argument("name")
+    @pass_app
+    def image_inspect_cmd(app: Application, name: str) -> None:
+        """Print an image as JSON.
+
+        Names, digest, id, size, manifest, config and unpacked layer paths.
+
+        NAME is a name, a digest, or an id prefix of at least 12 hex digits.
+
+        \b
+        Example:
+          hanok image inspect alpine:3.19
+        """
+        echo_json(app.store.inspect(name))
+
+    @image_group.command("prune")
+    @click.option("--json", "as_json", is_flag=True, help='print {"blobs", "layers", "bytes"} as JSON')
+    @pass_app
+    def image_prune_cmd(app: Application, as_json: bool) -> None:
+        """Remove blobs and layers that no image uses.
+
+        Prints what was deleted and the space reclaimed.
+
+        \b
+        Example:
+          hanok image prune
+          hanok rmi alpine:3.19 && hanok image prune --json
+        """
+        freed = app.store.gc()
+        if as_json:
+            echo_json(freed)
+            return
+        for digest in sorted(freed["blobs"]):
+            click.echo(f"deleted blob {digest}")
+        for diff_id in sorted(freed["layers"]):
+            click.echo(f"deleted layer {diff_id}")
+        click.echo(f"Total reclaimed space: {_human_size(freed['bytes'])}")
 
     hanok(prog_name="hanok")
 

@@ -519,10 +519,16 @@ def save(store: Store, names: list[str], dest: str) -> str:
         if not store.has_blob(digest):
             raise ImageError(f"blob {digest} is missing from the store (image incomplete)")
         files.append((_blob_name(digest), store.blob_path(digest)))
-    if dest.endswith(".tar"):
-        _write_tar(dest, files)
-    else:
-        _write_dir(dest, files)
+    parent = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(parent):
+        raise ImageError(f"cannot save to {dest}: {parent} does not exist")
+    try:
+        if dest.endswith(".tar"):
+            _write_tar(dest, files)
+        else:
+            _write_dir(dest, files)
+    except OSError as e:
+        raise ImageError(f"cannot save to {dest}: {e.strerror}") from None
     return dest
 
 
@@ -538,11 +544,9 @@ def _write_dir(dest: str, files: list[tuple[str, bytes | str]]) -> None:
                 f.write(content)
             os.rename(tmp, target)
         elif not os.path.exists(target):
-            try:
-                os.link(content, target)
-            except OSError:
-                shutil.copyfile(content, target + ".tmp")
-                os.rename(target + ".tmp", target)
+            # a copy, never a hard link: editing the saved layout must not change the store
+            shutil.copyfile(content, target + ".tmp")
+            os.rename(target + ".tmp", target)
 
 
 def _write_tar(dest: str, files: list[tuple[str, bytes | str]]) -> None:
