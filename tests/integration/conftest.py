@@ -104,11 +104,19 @@ def state_dirs() -> dict[Path, str]:
     return {}
 
 
+def _hanok_cgroups() -> set[str]:
+    """Container cgroups under the default parent, in every hierarchy."""
+    root = Path("/sys/fs/cgroup")
+    return {str(p) for p in [*root.glob("*/hanok/*"), *root.glob("hanok/*")] if p.is_dir()}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def leak_check(session_dir: Path, state_dirs: dict[Path, str]) -> Iterator[None]:
-    mounts, links, netns = host_mounts(), host_links(), host_netns()
+    mounts, links, netns, cgroups = host_mounts(), host_links(), host_netns(), _hanok_cgroups()
     yield
     problems: list[str] = []
+    for path in sorted(_hanok_cgroups() - cgroups):
+        problems.append(f"new container cgroup: {path}")
     for line in sorted(host_mounts() - mounts):
         problems.append(f"new mount: {line}")
     for name in sorted(host_links() - links):
