@@ -612,15 +612,15 @@ def exec_process(root: str, container_id: str, process: dict, *, detach: bool = 
                 _cgroup_of(record).enter(pid)
             sync.send_ok()
         except HanokError as e:
-            entered = e  # the child may have failed first: its reason is the one to report
+            entered = e
+            _kill_quietly(pid)  # it waits for our "ok": never leave it (or us) blocked
         except BrokenPipeError:
             pass
         message = sync.recv()
         if message is not None and message.startswith("error "):
             _reap(pid)
-            raise_child_error(message)
+            raise_child_error(message)  # the child failed first: its reason is the one to report
         if entered is not None:
-            _kill_quietly(pid)
             _reap(pid)
             raise entered
     finally:
