@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 
-from hanok.runtime import syscalls as sc
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 CGROUP2_SUPER_MAGIC = 0x63677270
@@ -23,15 +22,15 @@ LEGACY = "legacy"
 
 
 def host_mode(root: str = CGROUP_ROOT) -> str:
-    """unified, hybrid or legacy, from the filesystem types under /sys/fs/cgroup."""
-    if sc.fs_type(root) == CGROUP2_SUPER_MAGIC:
+    """unified, hybrid or legacy, from what is mounted under /sys/fs/cgroup.
+
+    Only a cgroup2 root has `cgroup.controllers`: two stat calls, cheaper than
+    statfs through cffi on the paths (state, kill, delete) that ask this.
+    """
+    if os.path.exists(os.path.join(root, "cgroup.controllers")):
         return UNIFIED
-    unified = os.path.join(root, "unified")
-    try:
-        if sc.fs_type(unified) == CGROUP2_SUPER_MAGIC:
-            return HYBRID
-    except OSError:
-        pass
+    if os.path.exists(os.path.join(root, "unified", "cgroup.controllers")):
+        return HYBRID
     return LEGACY
 
 
