@@ -28,6 +28,9 @@ import math
 
 from hanok.runtime.errors import CgroupError, SpecError
 
+if False:  # for type checkers only: no import cost at run time
+    from collections.abc import Iterable
+
 P = "linux.resources"
 
 # Controllers whose files may appear in `unified` (cgroup v2 only).
@@ -84,7 +87,7 @@ def setting_of(filename: str) -> str:
     return f"{P}.unified.{filename}"
 
 
-def setting_of_files(files: "Iterable[str]") -> str:
+def setting_of_files(files: Iterable[str]) -> str:
     """The setting to name for a group of files (the default cpu period is not what was asked)."""
     names = list(files)
     for name in names:

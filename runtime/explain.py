@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 
+if False:  # for type checkers only: no import cost at run time
+    from collections.abc import Iterable
+
 # File descriptor the trace is written to, or None when tracing is off. A raw fd
 # (not sys.stderr) so forked children inside the namespaces can write to it
 # without Python's buffered streams.
@@ -43,7 +46,7 @@ def step(command: str, why: str = "") -> None:
         pass
 
 
-def quote(words: "Iterable[str]") -> str:
+def quote(words: Iterable[str]) -> str:
     """Join words as a shell would need them quoted."""
     import shlex  # only when tracing: keeps `re` off the hot path
 

@@ -233,7 +233,7 @@ def test_usage_errors_exit_2(store: Path, args: tuple[str, ...]) -> None:
 def test_help_has_an_example(command: tuple[str, ...]) -> None:
     out = ok(hanok(None, *command, "--help"))
     assert f"Usage: hanok {' '.join(command)} " in out
-    assert f"Example:\n    hanok {command[0]}" in out or f"Example:\n    echo" in out
+    assert f"Example:\n    hanok {command[0]}" in out or "Example:\n    echo" in out
 
 
 # ------------------------------------------------------------------ registry

@@ -100,7 +100,7 @@ def _call(
             out.seek(0)
             err.seek(0)
             return subprocess.CompletedProcess(argv, done.returncode, out.read(), err.read())
-    except subprocess.TimeoutExpired as exc:
+    except subprocess.TimeoutExpired:
         raise AssertionError(f"runtime call timed out after {timeout}s: {' '.join(argv)}") from None
 
 
