@@ -13,8 +13,6 @@ import os
 
 
 CGROUP_ROOT = "/sys/fs/cgroup"
-CGROUP2_SUPER_MAGIC = 0x63677270
-TMPFS_MAGIC = 0x01021994
 
 UNIFIED = "unified"
 HYBRID = "hybrid"

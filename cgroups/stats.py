@@ -50,12 +50,18 @@ def flat_keyed(path: str) -> dict[str, int]:
     return out
 
 
-def _io_v2(path: str) -> dict[str, int | None]:
-    """io.stat: `MAJ:MIN rbytes=N wbytes=N rios=N wios=N ...` per device, summed."""
+def _read_or_none(path: str) -> str | None:
     try:
         with open(path) as f:
-            text = f.read()
+            return f.read()
     except OSError:
+        return None
+
+
+def _io_v2(path: str) -> dict[str, int | None]:
+    """io.stat: `MAJ:MIN rbytes=N wbytes=N rios=N wios=N ...` per device, summed."""
+    text = _read_or_none(path)
+    if text is None:
         return {"read_bytes": None, "write_bytes": None}
     rbytes = wbytes = 0
     for line in text.splitlines():
@@ -70,10 +76,8 @@ def _io_v2(path: str) -> dict[str, int | None]:
 
 def _io_v1(path: str) -> dict[str, int | None]:
     """blkio.throttle.io_service_bytes_recursive: `MAJ:MIN Read N` lines, summed."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError:
+    text = _read_or_none(path)
+    if text is None:
         return {"read_bytes": None, "write_bytes": None}
     rbytes = wbytes = 0
     for line in text.splitlines():

@@ -44,6 +44,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "integration"))   # registry_fixture
 from registry_fixture import REGISTRY_BIN, Registry  # noqa: E402
 
+from bench_oci import mounts_under  # noqa: E402  (same directory: one copy of the helper)
+
 REPO_TAG = "bench/img:1"
 WARMUP = 1                 # uncounted iterations: imports, page cache, registry caches
 GZIP_LEVEL = 6             # what docker/buildkit use by default
@@ -313,17 +315,6 @@ def print_table(report: dict) -> None:
 
 
 # ------------------------------------------------------------------ setup, cleanup
-
-
-def mounts_under(top: Path) -> list[str]:
-    """Mount points at or below `top`, deepest first (so they unmount cleanly)."""
-    found: list[str] = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = line.split()[4].encode().decode("unicode_escape")
-            if point == str(top) or point.startswith(f"{top}/"):
-                found.append(point)
-    return sorted(found, key=len, reverse=True)
 
 
 def cleanup(tmp: Path | None, registry: Registry | None) -> None:
