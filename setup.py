@@ -19,4 +19,4 @@ class BuildPyWithoutSetup(build_py):
 
 
 setup(cmdclass={"build_py": BuildPyWithoutSetup},
-      cffi_modules=["runtime/_syscalls_build.py:ffibuilder"])
+      cffi_modules=["runtime/_syscalls_build.py:ffibuilder", "netns/_nft_build.py:ffibuilder"])

@@ -1,0 +1,239 @@
+"""The bridge and one veth pair per sandbox, over rtnetlink (lean pyroute2, see _pyroute).
+
+Host veth names carry no state: `host_ifname(owner)` derives them from the
+owner id (`hkv` + 10 hex of its sha256, 13 chars, under IFNAMSIZ's 15), so
+teardown and gc find them without reading anything. The container end is
+created directly inside the sandbox's namespace under its final name
+(IFLA_NET_NS_FD on the veth peer, as `ip link add ... peer name eth0 netns NS`
+does), so there is never a half-moved interface to clean up: deleting the host
+end deletes both.
+
+net.ipv4.ip_forward is switched on when a bridge is set up and left on, like
+docker and the CNI bridge plugin do: containers on a bridge cannot reach
+anything beyond it without forwarding, and turning it off again could break
+other users of the host's routing.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import socket
+
+from hanok.netns import _pyroute
+from hanok.runtime import explain
+from hanok.runtime.errors import NetError
+
+HOST_VETH_PREFIX = "hkv"
+HOST_VETH_RE = re.compile(r"^hkv[0-9a-f]{10}$")
+IFNAMSIZ_MAX = 15
+_RT_TABLE_MAIN = 254
+_RTPROT_BOOT = 3
+_RT_SCOPE_UNIVERSE = 0
+_RTN_UNICAST = 1
+_IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+
+
+def host_ifname(owner: str) -> str:
+    """The host-side veth name for `owner`: hkv + 10 hex of sha256(owner)."""
+    return HOST_VETH_PREFIX + hashlib.sha256(owner.encode()).hexdigest()[:10]
+
+
+def mac_for(ip: str) -> str:
+    """A locally administered MAC derived from the IPv4 address (02:42:a:b:c:d, as docker did).
+
+    Addresses are unique across hanok networks, so the MACs are too, and a
+    known MAC spares a netlink round trip to read it back.
+    """
+    return "02:42:" + ":".join(f"{int(b):02x}" for b in ip.split("."))
+
+
+def _split_cidr(cidr: str) -> tuple[str, int]:
+    address, _, prefix = cidr.partition("/")
+    try:
+        socket.inet_aton(address)
+        prefixlen = int(prefix)
+    except (OSError, ValueError):
+        raise NetError(f"bad address {cidr!r}: want A.B.C.D/N") from None
+    if not 0 <= prefixlen <= 32:
+        raise NetError(f"bad address {cidr!r}: prefix length must be 0-32")
+    return address, prefixlen
+
+
+def _broadcast(address: str, prefixlen: int) -> str:
+    value = int.from_bytes(socket.inet_aton(address), "big")
+    host_mask = (1 << (32 - prefixlen)) - 1
+    return socket.inet_ntoa((value | host_mask).to_bytes(4, "big"))
+
+
+def _add_address(rtnl: _pyroute.Rtnl, index: int, cidr: str) -> None:
+    """ip addr add CIDR dev INDEX; an address that is there already is fine."""
+    address, prefixlen = _split_cidr(cidr)
+    msg = _pyroute.ifaddrmsg()
+    msg["family"] = socket.AF_INET
+    msg["prefixlen"] = prefixlen
+    msg["index"] = index
+    msg["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address),
+                    ("IFA_BROADCAST", _broadcast(address, prefixlen))]
+    try:
+        rtnl.request(msg, _pyroute.RTM_NEWADDR, _pyroute.NLM_F_CREATE | _pyroute.NLM_F_EXCL)
+    except FileExistsError:
+        pass
+
+
+def _link_index(rtnl: _pyroute.Rtnl, ifname: str) -> int:
+    msg = _pyroute.ifinfmsg()
+    msg["attrs"] = [("IFLA_IFNAME", ifname)]
+    return rtnl.get(msg, _pyroute.RTM_GETLINK)["index"]
+
+
+def enable_ip_forward() -> None:
+    """sysctl net.ipv4.ip_forward=1 (left on; see the module docstring)."""
+    with open(_IP_FORWARD, "r+b", buffering=0) as f:
+        if f.read(1) != b"1":
+            explain.step("sysctl -w net.ipv4.ip_forward=1", "let the bridge's traffic be routed")
+            f.seek(0)
+            f.write(b"1")
+
+
+def ensure_bridge(name: str, gateway_cidr: str, mtu: int = 1500) -> None:
+    """Make bridge `name` exist, carry `gateway_cidr` and be up; whatever is there already is kept."""
+    if len(name) > IFNAMSIZ_MAX:
+        raise NetError(f"bridge name {name!r} is longer than {IFNAMSIZ_MAX} characters")
+    # A fixed MAC (from the gateway address) keeps the kernel from giving the
+    # bridge the lowest MAC of its ports, which changes as sandboxes come and
+    # go and would leave stale gateway entries in the sandboxes' ARP caches.
+    mac = mac_for(_split_cidr(gateway_cidr)[0])
+    with _pyroute.Rtnl() as rtnl:
+        msg = _pyroute.ifinfmsg()
+        msg["attrs"] = [("IFLA_IFNAME", name), ("IFLA_MTU", mtu), ("IFLA_ADDRESS", mac),
+                        ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]})]
+        try:
+            rtnl.request(msg, _pyroute.RTM_NEWLINK, _pyroute.NLM_F_CREATE | _pyroute.NLM_F_EXCL)
+            explain.step(f"ip link add {name} mtu {mtu} address {mac} type bridge",
+                         "the switch every sandbox's veth plugs into")
+        except FileExistsError:
+            if not os.path.isdir(f"/sys/class/net/{name}/bridge"):
+                raise NetError(f"{name} exists and is not a bridge") from None
+        except OSError as e:
+            raise NetError(f"cannot create bridge {name}: {e.strerror}") from e
+        try:
+            index = socket.if_nametoindex(name)
+            explain.step(f"ip addr add {gateway_cidr} dev {name}", "the sandboxes' default gateway")
+            _add_address(rtnl, index, gateway_cidr)
+            explain.step(f"ip link set {name} up")
+            _pyroute.set_link_up(rtnl, index=index)
+        except OSError as e:
+            raise NetError(f"cannot configure bridge {name}: {e.strerror}") from e
+    enable_ip_forward()
+
+
+def remove_bridge(name: str) -> None:
+    """ip link delete NAME; a bridge that is gone already is fine."""
+    _delete_link(name)
+
+
+def _delete_link(ifname: str) -> bool:
+    """ip link delete IFNAME; True if it existed."""
+    msg = _pyroute.ifinfmsg()
+    msg["attrs"] = [("IFLA_IFNAME", ifname)]
+    try:
+        with _pyroute.Rtnl() as rtnl:
+            rtnl.request(msg, _pyroute.RTM_DELLINK)
+    except OSError as e:
+        if e.errno in (errno.ENODEV, errno.ENOENT):
+            return False
+        raise NetError(f"cannot delete link {ifname}: {e.strerror}") from e
+    explain.step(f"ip link delete {ifname}")
+    return True
+
+
+def attach(netns_path: str, bridge: str, host_ifname: str, container_ifname: str = "eth0", *,
+           address_cidr: str, gateway: str, mtu: int = 1500, mac: str | None = None) -> str:
+    """Plug the namespace at `netns_path` into `bridge` with a veth pair; return the container MAC.
+
+    The host end is enslaved to the bridge with hairpin mode on (so a sandbox
+    reaches its own published ports) and up; the peer is created inside the
+    namespace as `container_ifname`, with the address, MTU, a default route via
+    `gateway`, and lo up. On failure the pair is deleted again.
+    """
+    address = _split_cidr(address_cidr)[0]
+    mac = mac or mac_for(address)
+    try:
+        bridge_index = socket.if_nametoindex(bridge)
+    except OSError:
+        raise NetError(f"bridge {bridge} does not exist") from None
+    explain.step(f"ip link add {host_ifname} mtu {mtu} master {bridge} up type veth peer name "
+                 f"{container_ifname} mtu {mtu} address {mac} netns {netns_path}",
+                 "one cable: host end on the bridge, other end inside the sandbox")
+    ns_fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        # The peer is brought up from inside the namespace: IFF_UP on a peer
+        # created in another namespace fails with ENOTCONN.
+        peer = {"attrs": [("IFLA_IFNAME", container_ifname), ("IFLA_MTU", mtu),
+                  ("IFLA_ADDRESS", mac), ("IFLA_NET_NS_FD", ns_fd)]}
+        msg = _pyroute.ifinfmsg()
+        msg["flags"] = msg["change"] = _pyroute.IFF_UP
+        msg["attrs"] = [("IFLA_IFNAME", host_ifname), ("IFLA_MTU", mtu), ("IFLA_MASTER", bridge_index),
+                        ("IFLA_LINKINFO", {"attrs": [
+                            ("IFLA_INFO_KIND", "veth"),
+                            ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", peer)]})]})]
+        with _pyroute.Rtnl() as rtnl:
+            rtnl.request(msg, _pyroute.RTM_NEWLINK, _pyroute.NLM_F_CREATE | _pyroute.NLM_F_EXCL)
+    except FileExistsError:
+        raise NetError(f"interface {host_ifname} already exists") from None
+    except OSError as e:
+        raise NetError(f"cannot create veth pair {host_ifname}: {e.strerror}") from e
+    finally:
+        os.close(ns_fd)
+    try:
+        _configure_inside(netns_path, host_ifname, container_ifname, address_cidr, gateway)
+    except BaseException:
+        _delete_link(host_ifname)
+        raise
+    return mac
+
+
+def _configure_inside(netns_path: str, host_ifname: str, container_ifname: str, address_cidr: str,
+                      gateway: str) -> None:
+    explain.step(f"echo 1 > /sys/class/net/{host_ifname}/brport/hairpin_mode",
+                 "let a sandbox reach itself through its published ports")
+    try:
+        with open(f"/sys/class/net/{host_ifname}/brport/hairpin_mode", "wb", buffering=0) as f:
+            f.write(b"1")
+    except OSError as e:
+        raise NetError(f"cannot set hairpin mode on {host_ifname}: {e.strerror}") from e
+    explain.step(f"nsenter --net={netns_path} sh -c 'ip link set lo up && "
+                 f"ip addr add {address_cidr} dev {container_ifname} && ip link set {container_ifname} up && "
+                 f"ip route add default via {gateway} dev {container_ifname}'")
+    try:
+        with _pyroute.socket_in(netns_path) as rtnl:
+            _pyroute.set_link_up(rtnl, ifname="lo")
+            index = _link_index(rtnl, container_ifname)
+            _add_address(rtnl, index, address_cidr)
+            _pyroute.set_link_up(rtnl, index=index)
+            route = _pyroute.rtmsg()
+            route["family"] = socket.AF_INET
+            route["table"] = _RT_TABLE_MAIN
+            route["proto"] = _RTPROT_BOOT
+            route["scope"] = _RT_SCOPE_UNIVERSE
+            route["type"] = _RTN_UNICAST
+            route["attrs"] = [("RTA_GATEWAY", gateway), ("RTA_OIF", index)]
+            rtnl.request(route, _pyroute.RTM_NEWROUTE, _pyroute.NLM_F_CREATE | _pyroute.NLM_F_EXCL)
+    except OSError as e:
+        raise NetError(f"cannot configure {container_ifname} in {netns_path}: {e.strerror}") from e
+
+
+def detach(host_ifname: str) -> None:
+    """Delete the veth pair by its host end (the peer goes with it); gone already is fine."""
+    _delete_link(host_ifname)
+
+
+def host_veths() -> list[str]:
+    """Names of hanok's host-side veths (by name pattern), for gc."""
+    try:
+        names = os.listdir("/sys/class/net")
+    except OSError as e:
+        raise NetError(f"cannot list interfaces: {e.strerror}") from e
+    return sorted(n for n in names if HOST_VETH_RE.match(n))

@@ -1,0 +1,232 @@
+"""IPv4 address allocation for one network, in files, safe against crashes and concurrency.
+
+Layout under `<state_root>/net/ipam/<network>/`:
+  lock            flock()ed around every change
+  <a.b.c.d>       one file per leased address; its content is the owner id
+  owners/<owner>  the owner's address: release() is O(1), no scan
+  last_reserved   the last address handed out; the next search starts after it
+                  (like CNI host-local), so a freed address is not reused at once
+
+Why this holds up when a process dies at any point:
+- An address file is made with its content in one step: written to a temp
+  file, then link()ed to its name. link() fails if the name exists, so it is
+  O_EXCL and atomic at once: the file never exists without its owner, and a
+  lease is valid the moment it exists.
+- The address file is the truth; `owners/<owner>` is only an index written
+  after it. A crash in between leaves a lease `leases()` and `gc()` see (they
+  read address files) even if release() cannot find it.
+- Temp files are only made under the lock, so any temp file found by someone
+  holding the lock is a crash leftover and is removed. Address files with no
+  valid owner id (empty or cut short, e.g. by an older writer or a full disk)
+  are never handed out twice and are freed by gc().
+
+The gateway (first host address), the network and broadcast addresses are
+never handed out.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from hanok.runtime.errors import InvalidArgument, NetError
+
+OWNER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def check_owner(owner: str) -> None:
+    """Owner ids are 1-64 characters of [a-zA-Z0-9_.-]."""
+    if not OWNER_RE.match(owner) or owner in (".", ".."):
+        raise InvalidArgument(f"bad owner id {owner!r}: want 1-64 characters of [a-zA-Z0-9_.-]")
+
+
+def _to_int(address: str) -> int:
+    return int.from_bytes(socket.inet_aton(address), "big")
+
+
+def _to_str(value: int) -> str:
+    return socket.inet_ntoa(value.to_bytes(4, "big"))
+
+
+def _is_address(name: str) -> bool:
+    parts = name.split(".")
+    return len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) < 256 for p in parts)
+
+
+class Pool:
+    """The addresses of one network's subnet; every method is safe across processes."""
+
+    def __init__(self, state_root: str, network: str, subnet: str, gateway: str | None = None):
+        self.network = network
+        self.subnet = subnet
+        base, _, prefix = subnet.partition("/")
+        try:
+            prefixlen = int(prefix)
+            value = _to_int(base)
+        except (OSError, ValueError):
+            raise InvalidArgument(f"bad subnet {subnet!r}: want A.B.C.D/N") from None
+        if not 0 < prefixlen <= 30:
+            raise InvalidArgument(f"bad subnet {subnet!r}: prefix length must be 1-30")
+        self.prefixlen = prefixlen
+        mask = (0xFFFFFFFF << (32 - prefixlen)) & 0xFFFFFFFF
+        self._first = (value & mask) + 1                     # the gateway by default
+        self._last = (value & mask) + (1 << (32 - prefixlen)) - 2
+        self.gateway = gateway or _to_str(self._first)
+        self.dir = os.path.join(state_root, "net", "ipam", network)
+        self._owners_dir = os.path.join(self.dir, "owners")
+        self._tmp_dir = os.path.join(self.dir, "tmp")
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        import fcntl
+
+        os.makedirs(self._owners_dir, mode=0o700, exist_ok=True)
+        os.makedirs(self._tmp_dir, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _read(self, path: str) -> str | None:
+        try:
+            with open(path, encoding="ascii", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def _write_tmp(self, text: str, purpose: str) -> str:
+        """A new temp file holding `text`. Never written in place: an old file of
+        that name may be hard-linked to a lease, which must not change."""
+        tmp = os.path.join(self._tmp_dir, f"{os.getpid()}.{purpose}")
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        with open(tmp, "x", encoding="ascii") as f:
+            f.write(text)
+        return tmp
+
+    def _replace(self, path: str, text: str) -> None:
+        os.replace(self._write_tmp(text, "replace"), path)
+
+    def _drop_crash_leftovers(self) -> None:
+        """Remove temp files: made only under the lock we hold, so their writer is dead."""
+        for name in os.listdir(self._tmp_dir):
+            os.unlink(os.path.join(self._tmp_dir, name))
+
+    def _lease_of(self, owner: str) -> str | None:
+        """The owner's address if its index and its address file agree."""
+        address = self._read(os.path.join(self._owners_dir, owner))
+        if address and _is_address(address) and self._read(os.path.join(self.dir, address)) == owner:
+            return address
+        return None
+
+    def allocate(self, owner: str) -> tuple[str, int, str]:
+        """Lease an address to `owner` (the same one again if it has one); return (ip, prefixlen, gateway)."""
+        check_owner(owner)
+        with self._locked():
+            self._drop_crash_leftovers()
+            address = self._lease_of(owner)
+            if address is None:
+                address = self._claim(owner)
+                self._replace(os.path.join(self._owners_dir, owner), address)
+        return address, self.prefixlen, self.gateway
+
+    def _claim(self, owner: str) -> str:
+        """Link a file holding `owner` to the first free address after the last one handed out."""
+        last = self._read(os.path.join(self.dir, "last_reserved"))
+        start = _to_int(last) + 1 if last and _is_address(last) else self._first
+        size = self._last - self._first + 1
+        gateway = _to_int(self.gateway)
+        lease = self._write_tmp(owner, "lease")
+        try:
+            for step in range(size):
+                candidate = self._first + (start - self._first + step) % size
+                if candidate == gateway:
+                    continue
+                address = _to_str(candidate)
+                path = os.path.join(self.dir, address)
+                if os.path.lexists(path):
+                    continue
+                try:
+                    os.link(lease, path)      # fails if the name exists: O_EXCL with content
+                except FileExistsError:
+                    continue
+                self._replace(os.path.join(self.dir, "last_reserved"), address)
+                return address
+        finally:
+            if os.path.lexists(lease):
+                os.unlink(lease)
+        raise NetError(f"network {self.network}: no free address in {self.subnet}")
+
+    def release(self, owner: str) -> str | None:
+        """Free the owner's address (O(1)); return it, or None if it held none."""
+        check_owner(owner)
+        if not os.path.isdir(self.dir):
+            return None
+        with self._locked():
+            index = os.path.join(self._owners_dir, owner)
+            address = self._read(index)
+            if address and _is_address(address):
+                lease = os.path.join(self.dir, address)
+                if self._read(lease) == owner:
+                    os.unlink(lease)
+                else:
+                    address = None
+            else:
+                address = None
+            if os.path.lexists(index):
+                os.unlink(index)
+            return address
+
+    def _address_files(self) -> Iterator[tuple[str, str | None]]:
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if _is_address(name):
+                yield name, self._read(os.path.join(self.dir, name))
+
+    def leases(self) -> dict[str, str]:
+        """{owner: address} of every valid lease (read from the address files)."""
+        return {owner: address for address, owner in self._address_files()
+                if owner is not None and OWNER_RE.match(owner)}
+
+    def gc(self, is_alive: Callable[[str], bool]) -> list[str]:
+        """Free every lease whose owner is gone (or unreadable); return the owners freed.
+
+        A lease whose owner's index points at another address (a crash between
+        the two writes, then a retry) is freed too: the owner lives on the
+        other one. Unreadable leases are reported as "<address>".
+        """
+        if not os.path.isdir(self.dir):
+            return []
+        freed: list[str] = []
+        with self._locked():
+            self._drop_crash_leftovers()
+            for address, content in self._address_files():
+                owner = content if content is not None and OWNER_RE.match(content) else None
+                if owner is not None and is_alive(owner) and self._lease_of(owner) in (address, None):
+                    continue
+                os.unlink(os.path.join(self.dir, address))
+                if owner is not None:
+                    index = os.path.join(self._owners_dir, owner)
+                    if self._read(index) == address:
+                        os.unlink(index)
+                freed.append(owner if owner is not None else f"<{address}>")
+            live = set(self.leases())
+            for owner in os.listdir(self._owners_dir):
+                if owner not in live:
+                    os.unlink(os.path.join(self._owners_dir, owner))
+        return freed
+
+    def remove(self) -> None:
+        """Delete the pool's directory (only call once it holds no leases)."""
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,455 @@
+"""The sandbox network API the engine calls: networks, and setup/teardown/gc per owner.
+
+An owner is a container or pod sandbox id. Everything made for it is named
+after it, so teardown and gc need no state beyond the files named here:
+  <run_dir>/netns/<owner>                  its network namespace (namespace.py)
+  hkv<10 hex of sha256(owner)>             its host veth (bridge.host_ifname)
+  <state_root>/net/ipam/<net>/...          its address lease (ipam.py)
+  nat rules tagged with the owner          its published ports (nat.py)
+  <state_root>/net/endpoints/<owner>.json  what setup returned, written last
+  <run_dir>/net/<owner>/                   resolv.conf, hosts, hostname (when asked)
+
+Networks other than the implicit default are kept in
+<state_root>/net/networks.json (atomic writes under networks.lock).
+
+The bridge and the masquerade rule of a network are shared by its sandboxes:
+a failed setup leaves them in place (another sandbox may be using them right
+now); `remove_network` removes them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+from hanok.netns import ipam, namespace
+from hanok.runtime.errors import BadState, Exists, HanokError, InvalidArgument, NetError, NotFound
+
+if False:  # for type checkers only: nat is imported when ports or masquerade are used
+    from hanok.netns import nat
+
+DEFAULT_NETWORK = "hanok"
+DEFAULT_BRIDGE = "hanok0"
+DEFAULT_SUBNET = "10.89.0.0/24"
+MODES = ("bridge", "none", "host")
+NETWORK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+BRIDGE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+@dataclass
+class NetworkConfig:
+    """One bridge network: its bridge device, IPv4 subnet and gateway."""
+
+    name: str
+    bridge: str
+    subnet: str
+    gateway: str
+    mtu: int = 1500
+    masquerade: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _default_network() -> NetworkConfig:
+    return NetworkConfig(DEFAULT_NETWORK, DEFAULT_BRIDGE, DEFAULT_SUBNET, "10.89.0.1")
+
+
+def _net_dir(state_root: str) -> str:
+    return os.path.join(state_root, "net")
+
+
+def _write_json(path: str, data: object) -> None:
+    """Write JSON atomically: temp file, fsync, rename."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        raise NetError(f"{path} is corrupt: {e}") from e
+
+
+# -- networks ---------------------------------------------------------------
+
+def _networks_file(state_root: str) -> str:
+    return os.path.join(_net_dir(state_root), "networks.json")
+
+
+def _stored_networks(state_root: str) -> dict[str, NetworkConfig]:
+    data = _read_json(_networks_file(state_root)) or {}
+    return {name: NetworkConfig(**fields) for name, fields in data.get("networks", {}).items()}
+
+
+def _all_networks(state_root: str) -> dict[str, NetworkConfig]:
+    networks = {DEFAULT_NETWORK: _default_network()}
+    networks.update(_stored_networks(state_root))
+    return networks
+
+
+class _NetworksLock:
+    """flock on <state_root>/net/networks.lock around read-modify-write of networks.json."""
+
+    def __init__(self, state_root: str):
+        self.path = os.path.join(_net_dir(state_root), "networks.lock")
+
+    def __enter__(self) -> None:
+        import fcntl
+
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+def _save_networks(state_root: str, networks: dict[str, NetworkConfig]) -> None:
+    _write_json(_networks_file(state_root), {"networks": {n: c.to_dict() for n, c in networks.items()}})
+
+
+def _default_bridge_name(name: str) -> str:
+    if name == DEFAULT_NETWORK:
+        return DEFAULT_BRIDGE
+    candidate = f"hk-{name}"
+    if BRIDGE_NAME_RE.match(candidate):
+        return candidate
+    import hashlib
+
+    return "hk-" + hashlib.sha256(name.encode()).hexdigest()[:10]
+
+
+def create_network(state_root: str, name: str, subnet: str, bridge: str | None = None,
+                   gateway: str | None = None, mtu: int = 1500, masquerade: bool = True) -> NetworkConfig:
+    """Define a bridge network (nothing is created on the host until a sandbox joins it).
+
+    The default network "hanok" exists implicitly and may be redefined here
+    while it has no endpoints.
+    """
+    import ipaddress
+
+    if not NETWORK_NAME_RE.match(name):
+        raise InvalidArgument(f"bad network name {name!r}: want 1-64 characters of [a-zA-Z0-9_.-]")
+    try:
+        net = ipaddress.IPv4Network(subnet, strict=True)
+    except ValueError as e:
+        raise InvalidArgument(f"bad subnet {subnet!r}: {e}") from None
+    if net.prefixlen > 30:
+        raise InvalidArgument(f"bad subnet {subnet!r}: prefix length must be at most 30")
+    if gateway is None:
+        gateway = str(net.network_address + 1)
+    try:
+        gateway_address = ipaddress.IPv4Address(gateway)
+    except ValueError as e:
+        raise InvalidArgument(f"bad gateway {gateway!r}: {e}") from None
+    if gateway_address not in net or gateway_address in (net.network_address, net.broadcast_address):
+        raise InvalidArgument(f"bad gateway {gateway}: not a host address of {subnet}")
+    bridge = bridge or _default_bridge_name(name)
+    if not BRIDGE_NAME_RE.match(bridge):
+        raise InvalidArgument(f"bad bridge name {bridge!r}: want 1-15 characters of [a-zA-Z0-9_.-]")
+    if not 68 <= mtu <= 65535:
+        raise InvalidArgument(f"bad mtu {mtu}: want 68-65535")
+    config = NetworkConfig(name, bridge, str(net), gateway, mtu, masquerade)
+    with _NetworksLock(state_root):
+        stored = _stored_networks(state_root)
+        if name in stored:
+            raise Exists(f"network {name} already exists")
+        if name == DEFAULT_NETWORK and _pool(state_root, _default_network()).leases():
+            raise BadState(f"network {name} has active endpoints: cannot redefine it")
+        for other in _all_networks(state_root).values():
+            if other.name == name:
+                continue
+            if ipaddress.IPv4Network(other.subnet).overlaps(net):
+                raise InvalidArgument(f"subnet {subnet} overlaps network {other.name} ({other.subnet})")
+            if other.bridge == bridge:
+                raise InvalidArgument(f"bridge {bridge} is already used by network {other.name}")
+        stored[name] = config
+        _save_networks(state_root, stored)
+    return config
+
+
+def list_networks(state_root: str) -> list[NetworkConfig]:
+    """Every network, the implicit default included, sorted by name."""
+    return sorted(_all_networks(state_root).values(), key=lambda c: c.name)
+
+
+def get_network(state_root: str, name: str) -> NetworkConfig:
+    try:
+        return _all_networks(state_root)[name]
+    except KeyError:
+        raise NotFound(f"network {name} not found") from None
+
+
+def remove_network(state_root: str, run_dir: str, name: str) -> None:
+    """Remove a network's bridge, masquerade rule, address pool and definition.
+
+    Refused while sandboxes use it. Removing the default network removes its
+    bridge; the network itself stays defined (implicitly).
+    `run_dir` is where sandboxes' namespaces live; a namespace still named
+    after an endpoint of this network also counts as a user.
+    """
+    with _NetworksLock(state_root):
+        config = get_network(state_root, name)
+        pool = _pool(state_root, config)
+        users = set(pool.leases()) | {o for o, record in _endpoint_records(state_root)
+                                      if record.get("network") == name and namespace.exists(run_dir, o)}
+        if users:
+            raise BadState(f"network {name} has {len(users)} active endpoints")
+        if config.masquerade:
+            _nat().remove_masquerade(name)
+        _links().remove_bridge(config.bridge)
+        pool.remove()
+        stored = _stored_networks(state_root)
+        if stored.pop(name, None) is not None:
+            _save_networks(state_root, stored)
+
+
+def _pool(state_root: str, config: NetworkConfig) -> ipam.Pool:
+    return ipam.Pool(state_root, config.name, config.subnet, config.gateway)
+
+
+def _nat():
+    """netns/nat.py, imported only when ports or masquerade are used (it loads nftables)."""
+    try:
+        from hanok.netns import nat
+    except ImportError as e:
+        raise NetError(f"port mapping and masquerade are unavailable: {e}") from e
+    return nat
+
+
+def _links():
+    """bridge.py, imported on first use: it loads pyroute2 (~30 ms), which listing
+    networks or finding a namespace's path does not need."""
+    from hanok.netns import bridge
+
+    return bridge
+
+
+# -- endpoints --------------------------------------------------------------
+
+def _endpoints_dir(state_root: str) -> str:
+    return os.path.join(_net_dir(state_root), "endpoints")
+
+
+def _endpoint_path(state_root: str, owner: str) -> str:
+    return os.path.join(_endpoints_dir(state_root), owner + ".json")
+
+
+def _endpoint_records(state_root: str) -> Iterable[tuple[str, dict]]:
+    try:
+        names = os.listdir(_endpoints_dir(state_root))
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.endswith(".json"):
+            owner = name[:-5]
+            record = _read_json(os.path.join(_endpoints_dir(state_root), name))
+            if record is not None:
+                yield owner, record
+
+
+def _dns_dir(run_dir: str, owner: str) -> str:
+    return os.path.join(run_dir, "net", owner)
+
+
+def netns_path(run_dir: str, owner: str) -> str:
+    """The namespace path of `owner`, for containers that join it (container:ID, pods)."""
+    return namespace.path(run_dir, owner)
+
+
+def setup(state_root: str, run_dir: str, owner: str, *, mode: str = "bridge",
+          network: str = DEFAULT_NETWORK, ports: Iterable[nat.PortMapping] = (),
+          hostname: str | None = None) -> dict:
+    """Give `owner` its network; return (and record) what it got as a JSON-able dict.
+
+    mode "host": nothing is made. "none": a namespace with only lo up.
+    "bridge": a namespace, an address from the network's pool, a veth pair
+    to the network's bridge (made if missing) with masquerade, and the
+    published `ports`. With `hostname`, resolv.conf, hosts and hostname files
+    are written too (their paths under "files"). Calling it again for the
+    same owner returns the recorded result. On failure everything made so far
+    is undone and the error is raised.
+    """
+    ipam.check_owner(owner)
+    if mode not in MODES:
+        raise InvalidArgument(f"bad network mode {mode!r}: want one of {', '.join(MODES)}")
+    if mode == "host":
+        return {"mode": "host"}
+    ports = list(ports)
+    record_path = _endpoint_path(state_root, owner)
+    recorded = _read_json(record_path)
+    if recorded is not None and namespace.exists(run_dir, owner):
+        if recorded.get("mode") != mode or (mode == "bridge" and recorded.get("network") != network):
+            raise Exists(f"{owner} already has a {recorded.get('mode')} network endpoint")
+        return recorded
+    config = get_network(state_root, network) if mode == "bridge" else None
+    if recorded is not None or os.path.lexists(netns_path(run_dir, owner)):
+        # Leftovers: a setup that died half way, or a record that outlived its
+        # namespace (run_dir is volatile, state_root is not: a reboot).
+        teardown(state_root, run_dir, owner)
+    undo: list[Callable[[], None]] = []
+    try:
+        result = _setup(state_root, run_dir, owner, config, ports, hostname, undo)
+        os.makedirs(_endpoints_dir(state_root), mode=0o700, exist_ok=True)
+        _write_json(record_path, result)
+    except BaseException as e:
+        for action in reversed(undo):
+            try:
+                action()
+            except Exception:  # the original error is the one to report
+                pass
+        if isinstance(e, OSError):
+            raise NetError(f"network setup for {owner} failed: {e}") from e
+        raise
+    return result
+
+
+def _setup(state_root: str, run_dir: str, owner: str, config: NetworkConfig | None,
+           ports: list[nat.PortMapping], hostname: str | None, undo: list[Callable[[], None]]) -> dict:
+    """The steps of setup, each registering its undo as soon as it has made something."""
+    path = namespace.create(run_dir, owner)
+    undo.append(lambda: namespace.remove(run_dir, owner))
+    result: dict = {"mode": "none", "network": None, "netns": path, "interface": None, "ip": None,
+                    "prefixLength": None, "gateway": None, "mac": None, "hostInterface": None, "ports": []}
+    if config is not None:
+        links = _links()
+        pool = _pool(state_root, config)
+        ip, prefixlen, gateway = pool.allocate(owner)
+        undo.append(lambda: pool.release(owner))
+        links.ensure_bridge(config.bridge, f"{config.gateway}/{prefixlen}", config.mtu)
+        if config.masquerade:
+            _nat().ensure_masquerade(config.name, config.subnet, config.bridge)
+        host_ifname = links.host_ifname(owner)
+        mac = links.attach(path, config.bridge, host_ifname, "eth0", address_cidr=f"{ip}/{prefixlen}",
+                            gateway=gateway, mtu=config.mtu)
+        undo.append(lambda: links.detach(host_ifname))
+        if ports:
+            nat = _nat()
+            undo.append(lambda: nat.remove_ports(owner))
+            nat.add_ports(owner, ip, config.bridge, ports)
+        result.update({"mode": "bridge", "network": config.name, "interface": "eth0", "ip": ip,
+                       "prefixLength": prefixlen, "gateway": gateway, "mac": mac,
+                       "hostInterface": host_ifname, "ports": [p.to_dict() for p in ports]})
+    if hostname is not None:
+        from hanok.netns import dns
+
+        files_dir = _dns_dir(run_dir, owner)
+        undo.append(lambda: _remove_tree(files_dir))
+        result["hostname"] = hostname
+        result["files"] = dns.write_files(files_dir, hostname, result["ip"])
+    return result
+
+
+def _remove_tree(path: str) -> None:
+    """Remove a DNS files directory (flat: three files, maybe a temp one); missing is fine."""
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:
+        return
+    for name in names:
+        os.unlink(os.path.join(path, name))
+    os.rmdir(path)
+
+
+def teardown(state_root: str, run_dir: str, owner: str) -> None:
+    """Remove everything setup made for `owner`; what is gone already is skipped.
+
+    Without a record (setup died half way) every trace is looked for: the
+    owner's lease in every pool, its veth, its port rules and its namespace.
+    Every step is tried; the first failure is raised after the rest ran.
+    """
+    ipam.check_owner(owner)
+    record = _read_json(_endpoint_path(state_root, owner))
+    errors: list[HanokError] = []
+
+    def attempt(action: Callable[[], object]) -> None:
+        try:
+            action()
+        except HanokError as e:
+            errors.append(e)
+        except OSError as e:
+            errors.append(NetError(f"network teardown for {owner}: {e}"))
+
+    if record is None or record.get("ports"):
+        if record is not None or _nat_available():
+            attempt(lambda: _nat().remove_ports(owner))
+    if record is None or record.get("mode") == "bridge":
+        links = _links()
+        attempt(lambda: links.detach(links.host_ifname(owner)))
+        if record is not None:
+            names = [record["network"]]
+        else:
+            names = list(_all_networks(state_root))
+        for name in names:
+            attempt(lambda: _release(state_root, name, owner))
+    attempt(lambda: namespace.remove(run_dir, owner))
+    if record is None or "files" in record:
+        attempt(lambda: _remove_tree(_dns_dir(run_dir, owner)))
+    if errors:
+        raise errors[0]
+    try:
+        os.unlink(_endpoint_path(state_root, owner))
+    except FileNotFoundError:
+        pass
+
+
+def _release(state_root: str, name: str, owner: str) -> None:
+    config = _all_networks(state_root).get(name)
+    if config is not None:
+        _pool(state_root, config).release(owner)
+
+
+def _nat_available() -> bool:
+    """True when nat.py is installed (teardown without a record must not fail for lack of it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("hanok.netns.nat") is not None
+
+
+def gc(state_root: str, run_dir: str, is_alive: Callable[[str], bool]) -> dict:
+    """Remove the network of every owner that is gone; return what was removed.
+
+    Owners are found in endpoint records, leases, namespaces under run_dir and
+    nat rules. Host veths matching hanok's name pattern whose owner is not a
+    live one are removed too (a namespace destroyed under them takes them
+    along anyway). Returns {"owners", "leases", "veths"}: torn-down owners,
+    leases freed by IPAM's own gc, and orphan veths deleted.
+    """
+    # Veths are listed before owners are collected: a setup running right now
+    # makes its namespace before its veth, so any veth listed here has an
+    # owner that the collection below sees.
+    links = _links()
+    host_veths = links.host_veths()
+    owners = {owner for owner, _ in _endpoint_records(state_root)}
+    pools = [_pool(state_root, config) for config in _all_networks(state_root).values()]
+    for pool in pools:
+        owners.update(pool.leases())
+    owners.update(n for n in namespace.list_names(run_dir) if ipam.OWNER_RE.match(n))
+    if _nat_available():
+        owners.update(_nat().owners())
+    dead = sorted(o for o in owners if ipam.OWNER_RE.match(o) and not is_alive(o))
+    errors: list[HanokError] = []
+    for owner in dead:
+        try:
+            teardown(state_root, run_dir, owner)
+        except HanokError as e:
+            errors.append(e)
+    freed = [lease for pool in pools for lease in pool.gc(is_alive)]
+    known_veths = {links.host_ifname(o) for o in owners}    # the dead ones went with teardown
+    veths = [name for name in host_veths if name not in known_veths]
+    for name in veths:
+        links.detach(name)
+    if errors:
+        raise errors[0]
+    return {"owners": dead, "leases": freed, "veths": veths}
