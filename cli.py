@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from hanok import __version__
+
+if False:  # typing only
+    from collections.abc import Sequence
 
 OCI_DEFAULT_ROOT = "/run/hanok-oci"
 
@@ -478,23 +482,30 @@ _OCI_HANDLERS = {
 
 
 class Application:
-    """What every `hanok` command shares (click's ctx.obj): where the image store lives.
+    """What every `hanok` command shares (click's ctx.obj): where the store and run state live.
 
-    Plain Python, no imports: the store (and requests, for pulls) is loaded by
-    the commands that use it, so `hanok --help` and the container verbs stay cheap.
+    Plain Python, no imports: the store (and requests, for pulls) and the
+    container engine are loaded by the commands that use them, so
+    `hanok --help` stays cheap.
     """
 
-    def __init__(self, store_root: str):
+    def __init__(self, store_root: str, run_root: str = "/run/hanok"):
         self.store_root = store_root
+        self.run_root = run_root
         self._store = None
+        self._engine = None
 
     @property
     def store(self):  # -> hanok.images.store.Store
-        if self._store is None:
-            from hanok.images.store import Store
+        return self.engine.store
 
-            self._store = Store(self.store_root)
-        return self._store
+    @property
+    def engine(self):  # -> hanok.runtime.engine.Engine
+        if self._engine is None:
+            from hanok.runtime.engine import Engine
+
+            self._engine = Engine(self.store_root, self.run_root)
+        return self._engine
 
 
 def _human_size(n: int) -> str:
@@ -525,7 +536,7 @@ def _short_id(image_id: str) -> str:
     return image_id[len("sha256:"):][:12] if image_id.startswith("sha256:") else image_id[:12]
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
+def _table(rows: "Sequence[tuple[str, ...]]") -> str:
     """Columns left-aligned, three spaces apart (docker's tabwriter padding)."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
@@ -565,7 +576,7 @@ def hanok_main() -> None:
     """
     import click
 
-    from hanok.runtime.errors import HanokError
+    from hanok.runtime.errors import HanokError, NotFound
 
     def fail(error: HanokError) -> None:
         click.echo(f"hanok: {error}", err=True)
@@ -591,9 +602,11 @@ def hanok_main() -> None:
     @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(__version__, prog_name="hanok")
     @click.option("--store", "store_root", envvar="HANOK_ROOT", default="/var/lib/hanok", show_default=True,
-                  type=click.Path(file_okay=False), help="image store directory (env HANOK_ROOT)")
+                  type=click.Path(file_okay=False), help="images, containers, volumes, networks (env HANOK_ROOT)")
+    @click.option("--state", "run_root", envvar="HANOK_STATE", default="/run/hanok", show_default=True,
+                  type=click.Path(file_okay=False), help="volatile state: runtime state, netns (env HANOK_STATE)")
     @click.pass_context
-    def hanok(ctx: click.Context, store_root: str) -> None:
+    def hanok(ctx: click.Context, store_root: str, run_root: str) -> None:
         """hanok: a daemonless container runtime built on raw Linux primitives.
 
         \b
@@ -602,7 +615,7 @@ def hanok_main() -> None:
           hanok run /tmp/demo
           hanok pull alpine && hanok images
         """
-        ctx.obj = Application(store_root)
+        ctx.obj = Application(store_root, run_root)
 
     pass_app = click.make_pass_decorator(Application)
 
@@ -635,28 +648,523 @@ def hanok_main() -> None:
             fail(e)
         click.echo(directory)
 
-    @hanok.command("run")
-    @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
-    @click.option("--name", default=None, help="container id (default: hanok-<pid>)")
-    @click.option("--root", default="/run/hanok", show_default=True, help="state directory")
+    # ------------------------------------------------------------------ containers
+
+    def run_options(f):  # type: ignore[no-untyped-def]
+        """The flags `run` and `create` share (docker's names and meanings)."""
+        options = [
+            click.option("--name", default=None, help="container name (unique; default: a random one)"),
+            click.option("-e", "--env", multiple=True, metavar="KEY=VALUE", help="set an environment variable"),
+            click.option("--env-file", multiple=True, type=click.Path(exists=True, dir_okay=False),
+                         help="read KEY=VALUE lines from a file"),
+            click.option("-w", "--workdir", default=None, help="working directory inside the container"),
+            click.option("-u", "--user", default=None, help="USER[:GROUP] (names from the image's /etc/passwd)"),
+            click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DEST[:ro]",
+                         help="bind-mount a host path, or a named volume"),
+            click.option("--tmpfs", multiple=True, metavar="DEST[:OPTS]", help="mount a tmpfs"),
+            click.option("-p", "--publish", multiple=True, metavar="[IP:][HOST:]PORT[/PROTO]",
+                         help="publish a container port on the host"),
+            click.option("--network", "--net", "network", default="bridge", show_default=True,
+                         help="bridge, none, host, a network name, or container:NAME"),
+            click.option("-h", "--hostname", default=None, help="the container's host name (default: its short id)"),
+            click.option("-m", "--memory", default=None, help="memory limit (e.g. 256m)"),
+            click.option("--cpus", type=float, default=None, help="CPU limit (e.g. 0.5)"),
+            click.option("--pids-limit", type=int, default=None, help="most processes at once (-1: unlimited)"),
+            click.option("--read-only", is_flag=True, help="mount the root read-only"),
+            click.option("--cap-add", multiple=True, help="add a capability (or ALL)"),
+            click.option("--cap-drop", multiple=True, help="drop a capability (or ALL)"),
+            click.option("--entrypoint", default=None, help="replace the image's entrypoint"),
+            click.option("-l", "--label", multiple=True, metavar="KEY=VALUE", help="set a label"),
+            click.option("-t", "--tty", is_flag=True, help="allocate a terminal"),
+            click.option("-i", "--interactive", is_flag=True, help="keep stdin open"),
+            click.option("--rm", "auto_remove", is_flag=True, help="remove the container when it exits"),
+            click.option("--pull", type=click.Choice(["missing", "never"]), default="missing", show_default=True,
+                         help="pull the image when it is not stored"),
+        ]
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    def make_options(image: str, command: tuple[str, ...], kw: dict):  # -> hanok.runtime.bundle.RunOptions
+        from hanok.runtime.bundle import RunOptions
+
+        env = []
+        for path in kw.pop("env_file"):
+            with open(path) as f:
+                env += [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+        env += list(kw.pop("env"))
+        labels = {}
+        for item in kw.pop("label"):
+            key, _, value = item.partition("=")
+            labels[key] = value
+        entrypoint = kw.pop("entrypoint")
+        kw.pop("pull", None)
+        return RunOptions(image=image, command=list(command), env=env, labels=labels,
+                          entrypoint=None if entrypoint is None else ([entrypoint] if entrypoint else []),
+                          volumes=list(kw.pop("volumes")), tmpfs=list(kw.pop("tmpfs")),
+                          publish=list(kw.pop("publish")), cap_add=list(kw.pop("cap_add")),
+                          cap_drop=list(kw.pop("cap_drop")), **kw)
+
+    @hanok.command("run", context_settings={"allow_interspersed_args": False})
+    @click.argument("image")
+    @click.argument("command", nargs=-1)
+    @run_options
+    @click.option("-d", "--detach", is_flag=True, help="run in the background and print the container id")
     @click.option("--explain", is_flag=True, help="print every kernel-level step as a shell command (stderr)")
-    def run_cmd(bundle: str, name: str | None, root: str, explain: bool) -> None:
-        """Run the bundle BUNDLE in the foreground and exit with the container's code.
+    @pass_app
+    def run_cmd(app: Application, image: str, command: tuple[str, ...], detach: bool, explain: bool,
+                **kw: object) -> None:
+        """Run COMMAND in a new container of IMAGE (pulled when missing).
+
+        Attached (no -d), its output is shown and hanok exits with its exit
+        code; 125 means hanok itself failed, 126 the command could not be run,
+        127 it was not found. IMAGE may also be an OCI bundle directory
+        (config.json + rootfs), run as it is in the foreground.
 
         \b
         Example:
+          hanok run --rm busybox:local echo hello
+          hanok run -d --name web -p 8080:80 busybox:local httpd -f -p 80
+          hanok run -it alpine sh
           hanok run --explain /tmp/demo
         """
-        from hanok.runtime import container
         from hanok.runtime import explain as trace
 
         if explain:
-            trace.enable(2)
-        try:
-            code = container.run(root, name or f"hanok-{os.getpid()}", bundle)
-        except HanokError as e:
-            fail(e)
+            trace.enable(os.dup(2))
+        if os.path.isfile(os.path.join(image, "config.json")):  # an OCI bundle
+            from hanok.runtime import container
+
+            sys.exit(container.run(os.path.join(app.run_root, "bundles"), kw.get("name") or f"hanok-{os.getpid()}",
+                                   image))
+        pull = kw["pull"] == "missing"
+        opts = make_options(image, command, dict(kw))
+        c, code = app.engine.run(opts, detach=detach, pull=pull)
+        if detach:
+            click.echo(c.id)
+            return
         sys.exit(code)
+
+    @hanok.command("create", context_settings={"allow_interspersed_args": False})
+    @click.argument("image")
+    @click.argument("command", nargs=-1)
+    @run_options
+    @pass_app
+    def create_cmd(app: Application, image: str, command: tuple[str, ...], **kw: object) -> None:
+        """Create a container of IMAGE without starting it; prints its id.
+
+        \b
+        Example:
+          hanok create --name job busybox:local sh -c 'echo done'
+          hanok start -a job
+        """
+        pull = kw["pull"] == "missing"
+        c = app.engine.create(make_options(image, command, dict(kw)), pull=pull)
+        click.echo(c.id)
+
+    @hanok.command("start")
+    @click.argument("containers", metavar="CONTAINER...", nargs=-1, required=True)
+    @click.option("-a", "--attach", is_flag=True, help="show the output and exit with the container's code")
+    @pass_app
+    def start_cmd(app: Application, containers: tuple[str, ...], attach: bool) -> None:
+        """Start created or exited containers.
+
+        \b
+        Example:
+          hanok start web
+          hanok start -a job
+        """
+        if attach:
+            if len(containers) != 1:
+                raise click.UsageError("--attach takes exactly one container")
+            sys.exit(app.engine.start(containers[0], attach=True))
+        each(containers, lambda ref: app.engine.start(ref))
+
+    def each(refs: tuple[str, ...], action) -> None:  # type: ignore[no-untyped-def]
+        """docker's multi-container verbs: try all, print each done ref, 125 if any failed."""
+        failed = False
+        for ref in refs:
+            try:
+                action(ref)
+            except HanokError as e:
+                click.echo(f"hanok: {e}", err=True)
+                failed = True
+                continue
+            click.echo(ref)
+        if failed:
+            sys.exit(125)
+
+    @hanok.command("stop")
+    @click.argument("containers", metavar="CONTAINER...", nargs=-1, required=True)
+    @click.option("-t", "--time", "timeout", type=float, default=10, show_default=True,
+                  help="seconds to wait after the stop signal before SIGKILL")
+    @pass_app
+    def stop_cmd(app: Application, containers: tuple[str, ...], timeout: float) -> None:
+        """Stop containers: the image's stop signal (else SIGTERM), then SIGKILL.
+
+        \b
+        Example:
+          hanok stop -t 2 web
+        """
+        each(containers, lambda ref: app.engine.stop(ref, timeout))
+
+    @hanok.command("kill")
+    @click.argument("containers", metavar="CONTAINER...", nargs=-1, required=True)
+    @click.option("-s", "--signal", "signal_name", default="KILL", show_default=True, help="signal name or number")
+    @pass_app
+    def kill_cmd(app: Application, containers: tuple[str, ...], signal_name: str) -> None:
+        """Send a signal to running containers.
+
+        \b
+        Example:
+          hanok kill -s HUP web
+        """
+        each(containers, lambda ref: app.engine.kill(ref, signal_name))
+
+    @hanok.command("rm")
+    @click.argument("containers", metavar="CONTAINER...", nargs=-1, required=True)
+    @click.option("-f", "--force", is_flag=True, help="kill a running container first")
+    @pass_app
+    def rm_cmd(app: Application, containers: tuple[str, ...], force: bool) -> None:
+        """Remove containers (their writable layer and logs too).
+
+        \b
+        Example:
+          hanok rm -f web
+        """
+        each(containers, lambda ref: app.engine.remove(ref, force=force))
+
+    def status_text(s: dict) -> str:
+        if s["state"] == "running":
+            return "Up " + ago(s["startedAt"], suffix="")
+        if s["state"] == "paused":
+            return "Up " + ago(s["startedAt"], suffix="") + " (Paused)"
+        if s["state"] == "exited":
+            code = "?" if s["exitCode"] is None else s["exitCode"]
+            return f"Exited ({code}) {ago(s['finishedAt'])}" if s["finishedAt"] else f"Exited ({code})"
+        return "Created"
+
+    def ago(stamp: str | None, suffix: str = " ago") -> str:
+        import calendar
+
+        if not stamp:
+            return ""
+        seconds = int(time.time() - calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")))
+        for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+            if seconds >= size * (2 if unit != "minute" else 1):
+                n = seconds // size
+                return f"{n} {unit}{'s' if n != 1 else ''}{suffix}"
+        if seconds < 1:
+            return "Less than a second" + suffix
+        return f"{seconds} second{'s' if seconds != 1 else ''}{suffix}"
+
+    def ports_text(ports: list[dict]) -> str:
+        return ", ".join(f"{p.get('hostIP') or '0.0.0.0'}:{p['hostPort']}->{p['containerPort']}/{p['protocol']}"
+                         for p in ports)
+
+    @hanok.command("ps")
+    @click.option("-a", "--all", "show_all", is_flag=True, help="also containers that are not running")
+    @click.option("-q", "--quiet", is_flag=True, help="only ids")
+    @click.option("--json", "as_json", is_flag=True, help="a JSON array (fields in the README)")
+    @click.option("--no-trunc", is_flag=True, help="full ids and commands")
+    @pass_app
+    def ps_cmd(app: Application, show_all: bool, quiet: bool, as_json: bool, no_trunc: bool) -> None:
+        """List containers (running ones unless -a).
+
+        \b
+        Example:
+          hanok ps -a
+          hanok ps --json
+        """
+        import shlex
+
+        rows = []
+        for c in app.engine.containers():
+            try:
+                rows.append(app.engine.summary(c))
+            except NotFound:  # removed while we looked
+                continue
+        if not show_all:
+            rows = [r for r in rows if r["state"] in ("running", "paused")]
+        rows.sort(key=lambda r: r["created"], reverse=True)
+        if as_json:
+            echo_json(rows)
+            return
+        if quiet:
+            for r in rows:
+                click.echo(r["id"] if no_trunc else r["id"][:12])
+            return
+        table = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES")]
+        for r in rows:
+            cmd = shlex.join(r["command"])
+            if not no_trunc and len(cmd) > 20:
+                cmd = cmd[:19] + "…"
+            table.append((r["id"] if no_trunc else r["id"][:12], r["image"], f'"{cmd}"', ago(r["created"]),
+                          status_text(r), ports_text(r["ports"]), r["name"]))
+        click.echo(_table(table))
+
+    @hanok.command("inspect")
+    @click.argument("containers", metavar="CONTAINER...", nargs=-1, required=True)
+    @pass_app
+    def inspect_cmd(app: Application, containers: tuple[str, ...]) -> None:
+        """Print containers as a JSON array: options, state (exit code, OOM), network, paths.
+
+        \b
+        Example:
+          hanok inspect web
+        """
+        echo_json([app.engine.inspect(ref) for ref in containers])
+
+    @hanok.command("wait")
+    @click.argument("containers", metavar="CONTAINER...", nargs=-1, required=True)
+    @pass_app
+    def wait_cmd(app: Application, containers: tuple[str, ...]) -> None:
+        """Wait until containers exit; print each exit code.
+
+        \b
+        Example:
+          hanok wait job
+        """
+        for ref in containers:
+            click.echo(app.engine.wait(ref))
+
+    @hanok.command("logs")
+    @click.argument("container")
+    @click.option("-f", "--follow", is_flag=True, help="keep printing new output until the container exits")
+    @click.option("-n", "--tail", default="all", show_default=True, help="only the last N lines")
+    @click.option("-t", "--timestamps", is_flag=True, help="prefix each line with its time")
+    @click.option("--since", default=None, help="only lines at or after this RFC 3339 time")
+    @pass_app
+    def logs_cmd(app: Application, container: str, follow: bool, tail: str, timestamps: bool,
+                 since: str | None) -> None:
+        """Print a container's stdout and stderr (kept in the CRI log format).
+
+        \b
+        Example:
+          hanok logs --tail 20 web
+          hanok logs -f -t web
+        """
+        from hanok.runtime import logs
+
+        c = app.engine.get(container)
+        if tail != "all" and not tail.isdigit():
+            raise click.BadParameter(f"{tail!r}: expected a number or all", param_hint="--tail")
+
+        def stopped() -> bool:
+            return not c.status()["running"]
+
+        out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+        for stream, data in logs.read(c.path("ctr.log"), tail=None if tail == "all" else int(tail), since=since,
+                                      timestamps=timestamps, follow=follow, stop=stopped):
+            target = out.get(stream, sys.stdout.buffer)
+            target.write(data)
+            target.flush()
+
+    @hanok.command("exec", context_settings={"allow_interspersed_args": False})
+    @click.argument("container")
+    @click.argument("command", nargs=-1, required=True)
+    @click.option("-i", "--interactive", is_flag=True, help="keep stdin open")
+    @click.option("-t", "--tty", is_flag=True, help="allocate a terminal")
+    @click.option("-d", "--detach", is_flag=True, help="do not wait for the command")
+    @click.option("-e", "--env", multiple=True, metavar="KEY=VALUE", help="set an environment variable")
+    @click.option("-w", "--workdir", default=None, help="working directory")
+    @click.option("-u", "--user", default=None, help="USER[:GROUP]")
+    @pass_app
+    def exec_cmd(app: Application, container: str, command: tuple[str, ...], interactive: bool, tty: bool,
+                 detach: bool, env: tuple[str, ...], workdir: str | None, user: str | None) -> None:
+        """Run COMMAND in a running container; exit with its code.
+
+        \b
+        Example:
+          hanok exec web cat /etc/hostname
+          hanok exec -it web sh
+        """
+        sys.exit(app.engine.exec(container, list(command), env=list(env), workdir=workdir, user=user,
+                                 tty=tty, detach=detach))
+
+    @hanok.command("stats")
+    @click.argument("containers", metavar="[CONTAINER...]", nargs=-1)
+    @click.option("--no-stream", is_flag=True, help="print once and exit")
+    @click.option("--json", "as_json", is_flag=True, help="a JSON array of the raw numbers")
+    @pass_app
+    def stats_cmd(app: Application, containers: tuple[str, ...], no_stream: bool, as_json: bool) -> None:
+        """Memory, CPU, pids and I/O of running containers (from their cgroups).
+
+        \b
+        Example:
+          hanok stats --no-stream --json web
+        """
+        while True:
+            refs = containers or tuple(r["id"] for r in (app.engine.summary(c) for c in app.engine.containers())
+                                       if r["state"] in ("running", "paused"))
+            rows = [app.engine.stats(ref) for ref in refs]
+            if as_json:
+                echo_json(rows)
+            else:
+                table = [("CONTAINER ID", "NAME", "MEM USAGE / LIMIT", "CPU TIME", "PIDS")]
+                for r in rows:
+                    mem = r.get("memory") or {}
+                    limit = mem.get("limit")
+                    table.append((r["id"][:12], r["name"],
+                                  f"{_human_size(mem.get('current') or 0)} / "
+                                  f"{_human_size(limit) if limit else 'unlimited'}",
+                                  f"{((r.get('cpu') or {}).get('usageUsec') or 0) / 1e6:.2f}s",
+                                  str((r.get("pids") or {}).get("current") or 0)))
+                click.echo(_table(table))
+            if no_stream or as_json:
+                return
+            time.sleep(2)
+
+    @hanok.command("port")
+    @click.argument("container")
+    @pass_app
+    def port_cmd(app: Application, container: str) -> None:
+        """List a container's published ports.
+
+        \b
+        Example:
+          hanok port web
+        """
+        net = app.engine.inspect(container).get("network") or {}
+        for p in net.get("ports") or []:
+            click.echo(f"{p['containerPort']}/{p['protocol']} -> {p.get('hostIP') or '0.0.0.0'}:{p['hostPort']}")
+
+    @hanok.group("container", cls=Group)
+    def container_group() -> None:
+        """Container housekeeping."""
+
+    @container_group.command("prune")
+    @pass_app
+    def container_prune_cmd(app: Application) -> None:
+        """Remove every exited or created container.
+
+        \b
+        Example:
+          hanok container prune
+        """
+        for c in app.engine.containers():
+            try:
+                if app.engine.summary(c)["state"] in ("exited", "created"):
+                    app.engine.remove(c.id)
+                    click.echo(c.id)
+            except HanokError as e:
+                click.echo(f"hanok: {e}", err=True)
+
+    @container_group.command("cleanup", hidden=True)
+    @click.argument("container")
+    @pass_app
+    def container_cleanup_cmd(app: Application, container: str) -> None:
+        """Run by a container's monitor when its process exits (conmon's exit command)."""
+        app.engine.cleanup(container)
+
+    @hanok.command("gc")
+    @click.option("--json", "as_json", is_flag=True, help="print what was removed as JSON")
+    @pass_app
+    def gc_cmd(app: Application, as_json: bool) -> None:
+        """Finish what crashed commands left half-made, then prune unused images data.
+
+        Releases mounts, runtime state, network endpoints and leases of
+        containers that are no longer running, removes half-created
+        containers, then removes blobs and layers no image or container uses.
+
+        \b
+        Example:
+          hanok gc --json
+        """
+        report = app.engine.gc()
+        freed = app.store.gc(in_use_layers=app.engine.in_use_layers())
+        report["images"] = freed
+        if as_json:
+            echo_json(report)
+            return
+        for key, items in sorted(report.items()):
+            if key != "images":
+                for item in items:
+                    click.echo(f"{key}: {item}")
+        click.echo(f"Total reclaimed space: {_human_size(freed['bytes'])}")
+
+    # ------------------------------------------------------------------ networks
+
+    @hanok.group("network", cls=Group)
+    def network_group() -> None:
+        """Bridge networks containers attach to (`--network NAME`)."""
+
+    def network_json(cfg: object) -> dict:
+        from dataclasses import asdict
+
+        return asdict(cfg)  # type: ignore[call-overload]
+
+    @network_group.command("create")
+    @click.argument("name")
+    @click.option("--subnet", required=True, metavar="CIDR", help="IPv4 subnet, e.g. 10.90.0.0/24")
+    @click.option("--gateway", default=None, help="gateway address (default: the subnet's first address)")
+    @click.option("--bridge", default=None, help="bridge device name (default: derived from NAME)")
+    @click.option("--mtu", type=int, default=1500, show_default=True)
+    @pass_app
+    def network_create_cmd(app: Application, name: str, subnet: str, gateway: str | None, bridge: str | None,
+                           mtu: int) -> None:
+        """Define a bridge network; its bridge appears when a container first joins.
+
+        \b
+        Example:
+          hanok network create --subnet 10.90.0.0/24 backend
+          hanok run -d --network backend --name db busybox:local sleep 1000
+        """
+        from hanok.netns import network
+
+        click.echo(network.create_network(app.store_root, name, subnet, bridge=bridge, gateway=gateway,
+                                          mtu=mtu).name)
+
+    @network_group.command("ls")
+    @click.option("-q", "--quiet", is_flag=True, help="only names")
+    @click.option("--json", "as_json", is_flag=True, help="a JSON array of {name, bridge, subnet, gateway, mtu}")
+    @pass_app
+    def network_ls_cmd(app: Application, quiet: bool, as_json: bool) -> None:
+        """List networks (the default `hanok` network is always there).
+
+        \b
+        Example:
+          hanok network ls
+        """
+        from hanok.netns import network
+
+        nets = network.list_networks(app.store_root)
+        if as_json:
+            echo_json([network_json(n) for n in nets])
+        elif quiet:
+            for n in nets:
+                click.echo(n.name)
+        else:
+            click.echo(_table([("NAME", "BRIDGE", "SUBNET", "GATEWAY")]
+                              + [(n.name, n.bridge, n.subnet, n.gateway) for n in nets]))
+
+    @network_group.command("inspect")
+    @click.argument("name")
+    @pass_app
+    def network_inspect_cmd(app: Application, name: str) -> None:
+        """Print a network as JSON.
+
+        \b
+        Example:
+          hanok network inspect hanok
+        """
+        from hanok.netns import network
+
+        echo_json(network_json(network.get_network(app.store_root, name)))
+
+    @network_group.command("rm")
+    @click.argument("names", metavar="NAME...", nargs=-1, required=True)
+    @pass_app
+    def network_rm_cmd(app: Application, names: tuple[str, ...]) -> None:
+        """Remove networks no container uses (their bridge and NAT rule too).
+
+        \b
+        Example:
+          hanok network rm backend
+        """
+        from hanok.netns import network
+
+        each(names, lambda name: network.remove_network(app.store_root, app.run_root, name))
 
     # ------------------------------------------------------------------ images
 
@@ -847,14 +1355,17 @@ def hanok_main() -> None:
 
     @hanok.command("rmi")
     @click.argument("names", metavar="NAME...", nargs=-1, required=True)
+    @click.option("-f", "--force", is_flag=True, help="untag even when containers use the image")
     @pass_app
-    def rmi_cmd(app: Application, names: tuple[str, ...]) -> None:
+    def rmi_cmd(app: Application, names: tuple[str, ...], force: bool) -> None:
         """Remove image names.
 
         A name removes that name; a digest or id removes every name of the image.
 
-        The blobs and layers stay until `hanok image prune`. Every NAME is
-        tried; the exit code is 125 when any of them failed.
+        The blobs and layers stay until `hanok image prune`, and as long as
+        a container uses them. An image that containers use is kept unless
+        -f is given. Every NAME is tried; the exit code is 125 when any of
+        them failed.
 
         \b
         Example:
@@ -864,6 +1375,11 @@ def hanok_main() -> None:
         failed = False
         for name in names:
             try:
+                if not force:
+                    users = app.engine.users_of_image(app.store.image(name).id)
+                    if users:
+                        raise HanokError(f"unable to remove {name}: container {users[0].name} uses it "
+                                         f"(remove the container first, or use -f)")
                 removed = app.store.remove(name)
             except HanokError as e:
                 click.echo(f"hanok: {e}", err=True)
@@ -898,7 +1414,7 @@ def hanok_main() -> None:
     @click.option("--json", "as_json", is_flag=True, help='print {"blobs", "layers", "bytes"} as JSON')
     @pass_app
     def image_prune_cmd(app: Application, as_json: bool) -> None:
-        """Remove blobs and layers that no image uses.
+        """Remove blobs and layers that no image and no container uses.
 
         Prints what was deleted and the space reclaimed.
 
@@ -907,7 +1423,7 @@ def hanok_main() -> None:
           hanok image prune
           hanok rmi alpine:3.19 && hanok image prune --json
         """
-        freed = app.store.gc()
+        freed = app.store.gc(in_use_layers=app.engine.in_use_layers())
         if as_json:
             echo_json(freed)
             return

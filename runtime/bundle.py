@@ -1,11 +1,21 @@
-"""Bundles: the default config.json (`hanok-oci spec`) and the features document.
+"""Bundles: the default config.json (`hanok-oci spec`), the features document,
+and the spec of an image-based container (image config + the user's options).
 
-Later (images issue) this also turns an image config plus user options into a
-bundle; for now it holds the defaults a bundle starts from.
+`image_spec()` is where docker's `run` flags become OCI: the image config maps
+to `process` as docker and podman map it (images/overlay.py does that part),
+then -v/--tmpfs become mounts, --memory/--cpus/--pids-limit become
+linux.resources, --cap-add/--cap-drop edit docker's default capability set,
+and the network the engine set up becomes the path of the network namespace.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from hanok import OCI_VERSION, __version__
+from hanok.runtime.errors import InvalidArgument, NotFound
+
+if False:  # for type checkers only
+    from collections.abc import Callable
 
 DEFAULT_CAPS = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
 MASKED_PATHS = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
@@ -94,6 +104,175 @@ def features() -> dict:
 
 BUSYBOX = "/bin/busybox"
 
+# docker's default capability set for containers made from images (runc's
+# `spec` default above is deliberately smaller).
+DOCKER_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+               "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+               "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"]
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+CPU_PERIOD = 100_000  # docker's --cpus: quota = cpus * 100 ms per 100 ms
+
+
+@dataclass
+class RunOptions:
+    """What `hanok create/run` was asked for, beyond the image (docker's flag names)."""
+
+    image: str = ""
+    command: list[str] = field(default_factory=list)
+    entrypoint: list[str] | None = None
+    env: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    user: str | None = None
+    name: str | None = None
+    hostname: str | None = None
+    volumes: list[str] = field(default_factory=list)       # host:ctr[:ro|rw] or name:ctr
+    tmpfs: list[str] = field(default_factory=list)         # ctr[:options]
+    publish: list[str] = field(default_factory=list)       # docker -p forms
+    network: str = "bridge"                                # bridge | none | host | NAME | container:ID
+    memory: str | None = None
+    cpus: float | None = None
+    pids_limit: int | None = None
+    read_only: bool = False
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    tty: bool = False
+    interactive: bool = False
+    auto_remove: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    pod: str | None = None
+
+
+def parse_size(text: str, what: str) -> int:
+    """docker's sizes: `512m`, `1g`, `100k`, plain bytes (binary units)."""
+    value = text.strip().lower()
+    number = value.rstrip("bkmgt")
+    unit = value[len(number):]
+    if unit.endswith("b") and len(unit) == 2:
+        unit = unit[0]
+    if not number or unit not in _SIZE_UNITS:
+        raise InvalidArgument(f"{what} {text!r}: expected a size such as 512m or 1g")
+    try:
+        size = int(float(number) * _SIZE_UNITS[unit])
+    except ValueError:
+        raise InvalidArgument(f"{what} {text!r}: expected a size such as 512m or 1g") from None
+    if size <= 0:
+        raise InvalidArgument(f"{what} {text!r}: must be positive")
+    return size
+
+
+def _cap_name(cap: str) -> str:
+    name = cap.strip().upper()
+    return name if name.startswith("CAP_") else "CAP_" + name
+
+
+def capabilities(cap_add: list[str], cap_drop: list[str]) -> list[str]:
+    """docker's default set with --cap-add/--cap-drop applied (`ALL` allowed in both)."""
+    from hanok.runtime.spec import CAPABILITIES
+
+    drop = {_cap_name(c) for c in cap_drop}
+    add = {_cap_name(c) for c in cap_add}
+    for cap in (drop | add) - {"CAP_ALL"}:
+        if cap not in CAPABILITIES:
+            raise InvalidArgument(f"unknown capability {cap!r}")
+    caps = [] if "CAP_ALL" in drop else [c for c in DOCKER_CAPS if c not in drop]
+    wanted = sorted(CAPABILITIES) if "CAP_ALL" in add else sorted(add)
+    return caps + [c for c in wanted if c not in caps]
+
+
+def volume_mount(spec: str, named_volume_dir: "Callable[[str], str]") -> dict:
+    """`-v host:ctr[:ro]` (a bind mount) or `-v name:ctr` (a named volume's directory)."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise InvalidArgument(f"volume {spec!r}: expected SOURCE:DEST[:ro|rw]")
+    source, dest = parts[0], parts[1]
+    mode = parts[2] if len(parts) == 3 else "rw"
+    if mode not in ("ro", "rw"):
+        raise InvalidArgument(f"volume {spec!r}: mode must be ro or rw, not {mode!r}")
+    if not dest.startswith("/"):
+        raise InvalidArgument(f"volume {spec!r}: the destination must be an absolute path")
+    if source.startswith("/"):
+        import os
+
+        if not os.path.exists(source):
+            raise NotFound(f"volume {spec!r}: {source} does not exist on the host")
+    else:
+        source = named_volume_dir(source)
+    return {"destination": dest, "type": "bind", "source": source,
+            "options": ["rbind", "rprivate", mode]}
+
+
+def tmpfs_mount(spec: str) -> dict:
+    """`--tmpfs /run[:size=64m,mode=1777]`, docker's defaults (noexec, nosuid, nodev)."""
+    dest, _, opts = spec.partition(":")
+    if not dest.startswith("/"):
+        raise InvalidArgument(f"tmpfs {spec!r}: the destination must be an absolute path")
+    options = ["nosuid", "nodev", "noexec"] + [o for o in opts.split(",") if o]
+    return {"destination": dest, "type": "tmpfs", "source": "tmpfs", "options": options}
+
+
+def image_spec(image_config: dict, layer_dirs_top_first: list[str], opts: RunOptions, *, hostname: str,
+               netns_path: str | None, etc_files: dict[str, str],
+               named_volume_dir: "Callable[[str], str]", annotations: dict[str, str]) -> dict:
+    """config.json for a container of this image with these options.
+
+    `netns_path`: the network namespace the engine set up (None: the host's
+    network, `--network host`). `etc_files`: container path -> host file to
+    bind-mount (/etc/hosts, /etc/resolv.conf, /etc/hostname), as docker does.
+    """
+    from hanok.images import overlay
+
+    process = overlay.image_config_to_process(
+        image_config, args=opts.command or None, entrypoint=opts.entrypoint, env=opts.env,
+        cwd=opts.workdir, user=opts.user, rootfs=layer_dirs_top_first, terminal=opts.tty)
+    spec = default_spec(args=process["args"])
+    caps = capabilities(opts.cap_add, opts.cap_drop)
+    process["capabilities"] = {k: list(caps) for k in ("bounding", "effective", "permitted")}
+    import resource
+
+    # docker's 1048576 open files, but never above our own hard limit: raising
+    # it needs CAP_SYS_RESOURCE, which not every root has (podman does the same)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nofile = 1048576 if hard == resource.RLIM_INFINITY else min(1048576, hard)
+    process["rlimits"] = [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}]
+    process["noNewPrivileges"] = False  # docker's default: setuid binaries in images keep working
+    spec["process"] = process
+    spec["root"] = {"path": "rootfs", "readonly": bool(opts.read_only)}
+    spec["hostname"] = hostname
+    linux = spec["linux"]
+    namespaces = [ns for ns in linux["namespaces"] if ns["type"] != "network"]
+    if netns_path is not None:
+        namespaces.append({"type": "network", "path": netns_path})
+    linux["namespaces"] = namespaces
+    resources: dict = {"devices": [{"allow": False, "access": "rwm"}]}
+    if opts.memory:
+        resources["memory"] = {"limit": parse_size(opts.memory, "--memory")}
+    if opts.cpus is not None:
+        if opts.cpus <= 0:
+            raise InvalidArgument(f"--cpus {opts.cpus}: must be positive")
+        resources["cpu"] = {"quota": int(opts.cpus * CPU_PERIOD), "period": CPU_PERIOD}
+    if opts.pids_limit is not None:
+        if opts.pids_limit == 0 or opts.pids_limit < -1:
+            raise InvalidArgument(f"--pids-limit {opts.pids_limit}: must be positive (or -1 for unlimited)")
+        resources["pids"] = {"limit": opts.pids_limit}
+    linux["resources"] = resources
+    mounts = list(spec["mounts"])
+    for dest, source in sorted(etc_files.items()):
+        mounts.append({"destination": dest, "type": "bind", "source": source,
+                       "options": ["rbind", "rprivate", "ro" if opts.read_only else "rw"]})
+    for volume in opts.volumes:
+        mounts.append(volume_mount(volume, named_volume_dir))
+    for item in opts.tmpfs:
+        mounts.append(tmpfs_mount(item))
+    taken: set[str] = set()
+    for m in reversed(mounts):  # a later mount on the same destination wins, as in docker
+        if m["destination"] in taken:
+            raise InvalidArgument(f"duplicate mount point: {m['destination']}")
+        taken.add(m["destination"])
+    spec["mounts"] = mounts
+    extras = overlay.image_config_extras(image_config)
+    spec["annotations"] = {**extras["annotations"], **opts.labels, **annotations}
+    return spec
+
 
 def busybox_bundle(path: str, args: list[str] | None = None, busybox: str = BUSYBOX,
                    hostname: str = "hanok") -> str:
@@ -107,7 +286,7 @@ def busybox_bundle(path: str, args: list[str] | None = None, busybox: str = BUSY
     import subprocess
 
     from hanok.runtime import jsonio
-    from hanok.runtime.errors import Exists, NotFound
+    from hanok.runtime.errors import Exists
 
     if not os.path.isfile(busybox):
         raise NotFound(f"{busybox} not found: install Debian's busybox-static (apt-get install busybox-static)")

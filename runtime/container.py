@@ -15,6 +15,7 @@ from hanok.runtime import explain, jsonio, state
 from hanok.runtime.errors import BadState, HanokError, NotFound, NotSupported
 
 if False:  # typing only: keeps these imports off `state`, `start`, `kill` and `delete`
+    from collections.abc import Callable
     from hanok.runtime.process import ParentSync
     from hanok.runtime.spec import Config
 
@@ -572,8 +573,14 @@ def _wait_forwarding_signals(pid: int) -> int:
 
 def exec_process(root: str, container_id: str, process: dict, *, detach: bool = False,
                  pid_file: str | None = None, console_socket: str | None = None,
-                 preserve_fds: int = 0) -> int:
-    """Run another process in the container; return its exit code (0 when detached)."""
+                 preserve_fds: int = 0, console_fd: int | None = None,
+                 wait: "Callable[[int], int] | None" = None) -> int:
+    """Run another process in the container; return its exit code (0 when detached).
+
+    `console_fd`: an already connected console socket (taken over and closed
+    here). `wait`: how to wait for the started process (pid -> wait status),
+    e.g. relaying its pty; default: wait, forwarding our signals to it.
+    """
     from hanok.runtime import init
     from hanok.runtime import syscalls as sc
     from hanok.runtime.process import (ParentSync, connect_console_socket, exit_status, raise_child_error,
@@ -584,10 +591,11 @@ def exec_process(root: str, container_id: str, process: dict, *, detach: bool = 
     state.check_transition("exec", status, container_id)
     saved = _saved(cdir)
     init_pid = record["pid"]
-    if process.get("terminal") and not console_socket:
+    if process.get("terminal") and not console_socket and console_fd is None:
         raise HanokError("a terminal was requested but no --console-socket was given to receive it")
     init.preload(process, saved.seccomp, False)
-    console_fd = connect_console_socket(console_socket) if console_socket else None
+    if console_socket:
+        console_fd = connect_console_socket(console_socket)
     sync = ParentSync()
     try:
         for kind, flag in (("pid", sc.CLONE_NEWPID), ("time", sc.CLONE_NEWTIME)):
@@ -631,7 +639,7 @@ def exec_process(root: str, container_id: str, process: dict, *, detach: bool = 
         write_pid_file(pid_file, pid)
     if detach:
         return 0
-    return exit_status(_wait_forwarding_signals(pid))
+    return exit_status(wait(pid) if wait is not None else _wait_forwarding_signals(pid))
 
 
 def exec_spec(root: str, container_id: str, args: list[str], env: list[str], cwd: str | None,

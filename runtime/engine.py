@@ -1,0 +1,848 @@
+"""The containers the `hanok` CLI manages: made from images, named, with a
+writable top layer, a network, a monitor, logs and a recorded exit code.
+
+hanok-oci (runtime/container.py) runs bundles someone else prepared. This
+module prepares them: it is what docker's daemon or podman's libpod do, but
+without a daemon, so every fact lives in files and every command re-reads them.
+
+On disk (`store` = /var/lib/hanok, `run` = /run/hanok by default):
+
+    store/containers/<id>/container.json  what was asked for (written once, at create)
+                         /run.json        the current run: started, network, monitor pid
+                         /exit.json       how the last run ended (the monitor writes it)
+                         /upper /work     this container's writable layer
+                         /bundle/         config.json + rootfs (the overlay's mount point)
+                         /etc/            hosts, resolv.conf, hostname bind-mounted in
+                         /ctr.log         stdout/stderr in the CRI log format
+                         /lock            flock held while the container changes
+    store/containers/names/<name> -> <id> a symlink: creating it with O_EXCL is
+                                          what makes names unique
+    store/volumes/<name>/_data            named volumes
+    run/containers/<id>/state.json        the runtime core's state (as hanok-oci's)
+
+Status is derived, never stored: the runtime core's state (pid + start time)
+says whether a process runs; exit.json says how it ended. So a CLI killed at
+any moment leaves nothing that lies: `hanok ps` reads the truth, and
+`hanok gc` finishes what a crash left half-made.
+
+When a detached container's process exits, its monitor runs
+`hanok container cleanup ID` (conmon's exit command, the same idea): that
+unmounts the root, tears the network down, deletes the runtime state, and
+removes the container when it was started with --rm.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import sys
+import time
+from dataclasses import asdict
+from typing import Iterator
+
+from hanok.runtime import jsonio, state
+from hanok.runtime.bundle import RunOptions
+from hanok.runtime.errors import BadState, Exists, HanokError, InvalidArgument, NotFound
+
+RECORD = "container.json"
+RUN = "run.json"
+EXIT = "exit.json"
+LOG = "ctr.log"
+NAME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+NAME_CHARS = NAME_FIRST | frozenset("_.-")
+_ADJECTIVES = ("brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid", "merry",
+               "nifty", "proud", "quiet", "sharp", "tender", "vivid", "wise", "young", "zen", "bold")
+_NOUNS = ("ondol", "maru", "giwa", "madang", "daecheong", "buttumak", "cheoma", "hanji", "sarang",
+          "anchae", "jangdok", "gudeul", "muncheol", "dol", "namu", "baram", "haneul", "byeol", "san", "gang")
+
+
+def _now() -> str:
+    return state.rfc3339_now()
+
+
+def validate_name(name: str) -> None:
+    """docker's rule: [a-zA-Z0-9][a-zA-Z0-9_.-]*; names become file names."""
+    if not name or name[0] not in NAME_FIRST or not NAME_CHARS.issuperset(name) or len(name) > 128:
+        raise InvalidArgument(f"invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+
+
+class Container:
+    """One container's files, read on demand."""
+
+    def __init__(self, engine: "Engine", cid: str):
+        self.engine = engine
+        self.id = cid
+        self.dir = os.path.join(engine.containers_dir, cid)
+        self._record: dict | None = None
+
+    @property
+    def record(self) -> dict:
+        if self._record is None:
+            try:
+                self._record = jsonio.load_file(os.path.join(self.dir, RECORD))  # type: ignore[assignment]
+            except FileNotFoundError:
+                raise NotFound(f"no such container: {self.id}") from None
+            except ValueError:
+                raise HanokError(f"container {self.id}: {RECORD} is corrupt; `hanok rm -f {self.id}` removes it")
+        return self._record  # type: ignore[return-value]
+
+    @property
+    def name(self) -> str:
+        return self.record["name"]
+
+    @property
+    def options(self) -> RunOptions:
+        return RunOptions(**self.record["options"])
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.dir, *parts)
+
+    @property
+    def bundle(self) -> str:
+        return self.path("bundle")
+
+    @property
+    def rootfs(self) -> str:
+        return self.path("bundle", "rootfs")
+
+    def read_json(self, name: str) -> dict | None:
+        try:
+            value = jsonio.load_file(self.path(name))
+        except (FileNotFoundError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    def write_json(self, name: str, value: dict) -> None:
+        state.write_atomic(self.path(name), jsonio.dumps(value).encode(), 0o644)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Serialises start/stop/rm/cleanup of one container across processes."""
+        try:
+            fd = os.open(self.path("lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            raise NotFound(f"no such container: {self.id}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------ status
+
+    def oci_status(self) -> tuple[str | None, dict | None]:
+        """(runtime status or None when the runtime has no state, its record)."""
+        try:
+            cdir, rec = state.load(self.engine.oci_root, self.id)
+        except NotFound:
+            return None, None
+        return state.status_of(rec, cdir), rec
+
+    def status(self) -> dict:
+        """The live status: created, running, paused or exited, with the exit facts."""
+        oci, rec = self.oci_status()
+        run = self.read_json(RUN) or {}
+        ended = self.read_json(EXIT)
+        out: dict = {"status": "created", "running": False, "paused": False, "pid": 0,
+                     "exitCode": None, "startedAt": run.get("startedAt"),
+                     "finishedAt": None, "oomKilled": False, "error": None}
+        if oci in ("running", "paused", "created") and not ended:
+            out.update(status="paused" if oci == "paused" else "running", running=True,
+                       paused=oci == "paused", pid=(rec or {}).get("pid", 0))
+            return out
+        if ended:
+            out.update(status="exited", exitCode=ended.get("exitCode"), finishedAt=ended.get("finishedAt"),
+                       oomKilled=bool(ended.get("oomKilled")))
+        elif run.get("startedAt"):
+            # it ran, but nobody recorded its end (its monitor or CLI was killed)
+            out.update(status="exited", error="the exit code was not recorded (its monitor was killed)")
+        return out
+
+
+class Engine:
+    """hanok's containers under one store and one run directory."""
+
+    def __init__(self, store_root: str, run_root: str = "/run/hanok"):
+        self.store_root = os.path.abspath(store_root)
+        self.run_root = os.path.abspath(run_root)
+        self.containers_dir = os.path.join(self.store_root, "containers")
+        self.names_dir = os.path.join(self.containers_dir, "names")
+        self.volumes_dir = os.path.join(self.store_root, "volumes")
+        self.oci_root = os.path.join(self.run_root, "containers")
+        self._store = None
+
+    @property
+    def store(self):  # -> hanok.images.store.Store
+        if self._store is None:
+            from hanok.images.store import Store
+
+            self._store = Store(self.store_root)
+        return self._store
+
+    # ------------------------------------------------------------ lookup
+
+    def ids(self) -> list[str]:
+        try:
+            entries = os.listdir(self.containers_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(e for e in entries
+                      if len(e) == 64 and os.path.isfile(os.path.join(self.containers_dir, e, RECORD)))
+
+    def containers(self) -> list[Container]:
+        return [Container(self, cid) for cid in self.ids()]
+
+    def get(self, ref: str) -> Container:
+        """By name, full id, or an unambiguous id prefix (docker's rules)."""
+        if not ref:
+            raise InvalidArgument("a container name or id is required")
+        if NAME_CHARS.issuperset(ref) and ref[0] in NAME_FIRST:
+            try:
+                target = os.readlink(os.path.join(self.names_dir, ref))
+            except OSError:
+                target = None
+            if target and os.path.isfile(os.path.join(self.containers_dir, target, RECORD)):
+                return Container(self, target)
+        hexdigits = frozenset("0123456789abcdef")
+        if hexdigits.issuperset(ref):
+            matches = [cid for cid in self.ids() if cid.startswith(ref)]
+            if len(matches) == 1:
+                return Container(self, matches[0])
+            if len(matches) > 1:
+                raise InvalidArgument(f"container id prefix {ref!r} is ambiguous ({len(matches)} containers)")
+        raise NotFound(f"no such container: {ref}")
+
+    def volume_dir(self, name: str) -> str:
+        """A named volume's directory, made on first use."""
+        validate_name(name)
+        path = os.path.join(self.volumes_dir, name, "_data")
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    # ------------------------------------------------------------ create
+
+    def _claim_name(self, name: str | None, cid: str) -> str:
+        os.makedirs(self.names_dir, exist_ok=True)
+        if name is not None:
+            validate_name(name)
+            try:
+                os.symlink(cid, os.path.join(self.names_dir, name))
+            except FileExistsError:
+                owner = os.readlink(os.path.join(self.names_dir, name))
+                if os.path.isfile(os.path.join(self.containers_dir, owner, RECORD)):
+                    raise Exists(f'the container name "{name}" is already in use by container {owner[:12]}') from None
+                os.unlink(os.path.join(self.names_dir, name))  # left by a crashed create
+                return self._claim_name(name, cid)
+            return name
+        for _ in range(100):
+            rnd = os.urandom(3)
+            candidate = f"{_ADJECTIVES[rnd[0] % len(_ADJECTIVES)]}_{_NOUNS[rnd[1] % len(_NOUNS)]}{rnd[2] % 100}"
+            try:
+                os.symlink(cid, os.path.join(self.names_dir, candidate))
+                return candidate
+            except FileExistsError:
+                continue
+        raise HanokError("could not pick a free container name; give one with --name")
+
+    def resolve_image(self, ref: str, pull: bool = True, quiet: bool = True):  # -> images.store.Image
+        """The stored image, pulled first when it is missing (docker run's behaviour)."""
+        try:
+            return self.store.image(ref)
+        except NotFound:
+            if not pull:
+                raise
+        from hanok.images import registry
+
+        name = registry.pull(self.store, ref)
+        return self.store.image(name)
+
+    def create(self, opts: RunOptions, pull: bool = True) -> Container:
+        """Make the container's files; nothing runs yet. Validates everything first."""
+        from hanok.runtime import bundle
+
+        if opts.network.startswith("container:"):
+            self.get(opts.network.split(":", 1)[1])
+        image = self.resolve_image(opts.image, pull=pull)
+        missing = [d for d in image.diff_ids if not self.store.has_layer(d)]
+        if missing:
+            raise NotFound(f"image {opts.image}: layer {missing[0]} is not unpacked; pull it again")
+        if opts.publish:
+            from hanok.netns import nat
+
+            for p in opts.publish:
+                nat.parse_publish(p)
+            if opts.network in ("none", "host") or opts.network.startswith("container:"):
+                raise InvalidArgument(f"--publish needs a bridge network, not --network {opts.network}")
+        # everything the spec needs is checked now, so `create` fails before making anything
+        layers = [self.store.layer_path(d) for d in reversed(image.diff_ids)]
+        bundle.image_spec(image.config or {}, layers, opts, hostname="x", netns_path=None, etc_files={},
+                          named_volume_dir=_checked_volume_name, annotations={})
+        cid = os.urandom(32).hex()
+        os.makedirs(self.containers_dir, exist_ok=True)
+        cdir = os.path.join(self.containers_dir, cid)
+        name = self._claim_name(opts.name, cid)
+        try:
+            os.mkdir(cdir, 0o711)
+            for sub in ("upper", "work", "bundle", "bundle/rootfs", "etc"):
+                os.mkdir(os.path.join(cdir, sub), 0o755)
+            opts.name = name
+            record = {
+                "id": cid, "name": name, "created": _now(),
+                "image": {"name": opts.image, "id": image.id, "digest": image.digest},
+                "layers": list(image.diff_ids),
+                "imageConfig": (image.config or {}).get("config") or {},
+                "hostname": opts.hostname or cid[:12],
+                "options": asdict(opts),
+            }
+            state.write_atomic(os.path.join(cdir, RECORD), jsonio.dumps(record).encode(), 0o644)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.names_dir, name))
+            _rmtree(cdir)
+            raise
+        return Container(self, cid)
+
+    # ------------------------------------------------------------ start
+
+    def _network_for(self, c: Container) -> dict | None:
+        """Set up the network the options ask for; None for the host's network."""
+        opts = c.options
+        mode = opts.network
+        if mode == "host":
+            return None
+        from hanok.netns import network
+
+        if mode.startswith("container:"):
+            other = self.get(mode.split(":", 1)[1])
+            if not other.status()["running"]:
+                raise BadState(f"cannot join the network of {other.name}: it is not running")
+            run = other.read_json(RUN) or {}
+            net = run.get("network")
+            if not net or not net.get("netns"):
+                raise BadState(f"cannot join the network of {other.name}: it uses the host's network")
+            return {**net, "joined": other.id}
+        ports = []
+        if opts.publish:
+            from hanok.netns import nat
+
+            for p in opts.publish:
+                ports.extend(nat.parse_publish(p))
+        if mode == "none":
+            return network.setup(self.store_root, self.run_root, c.id, mode="none", hostname=c.record["hostname"])
+        name = network.DEFAULT_NETWORK if mode == "bridge" else mode
+        return network.setup(self.store_root, self.run_root, c.id, mode="bridge", network=name, ports=ports,
+                             hostname=c.record["hostname"])
+
+    def _etc_files(self, c: Container, net: dict | None) -> dict[str, str]:
+        """/etc/hosts, /etc/resolv.conf, /etc/hostname to bind-mount (network.setup writes them)."""
+        hostname = c.record["hostname"]
+        if net is not None and net.get("files") and not net.get("joined"):
+            return dict(net["files"])
+        if net is None:  # the host's network: its resolver works as it is
+            hosts = c.path("etc", "hosts")
+            state.write_atomic(hosts, f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n".encode(),
+                               0o644)
+            state.write_atomic(c.path("etc", "hostname"), f"{hostname}\n".encode(), 0o644)
+            return {"/etc/hosts": hosts, "/etc/hostname": c.path("etc", "hostname"),
+                    "/etc/resolv.conf": "/etc/resolv.conf"}
+        from hanok.netns import dns
+
+        return dns.write_files(c.path("etc"), hostname, net.get("ip") or "127.0.1.1")
+
+    def _prepare(self, c: Container) -> dict:
+        """Root mounted, network up, config.json written; undone on failure. Returns run.json."""
+        from hanok.images import overlay
+        from hanok.runtime import bundle
+
+        rec = c.record
+        undo: list = []
+        try:
+            lowers = [self.store.layer_path(d) for d in reversed(rec["layers"])]
+            for d in rec["layers"]:
+                if not self.store.has_layer(d):
+                    raise NotFound(f"container {c.name}: image layer {d} is gone from the store")
+            overlay.mount(lowers, c.path("upper"), c.path("work"), c.rootfs)
+            undo.append(lambda: overlay.unmount(c.rootfs))
+            net = self._network_for(c)
+            if net is not None and not net.get("joined"):
+                from hanok.netns import network
+
+                undo.append(lambda: network.teardown(self.store_root, self.run_root, c.id))
+            etc = self._etc_files(c, net)
+            spec = bundle.image_spec({"config": rec.get("imageConfig") or {}}, lowers, c.options,
+                                     hostname=rec["hostname"], netns_path=(net or {}).get("netns"),
+                                     etc_files=etc, named_volume_dir=self.volume_dir,
+                                     annotations={"io.github.hanok.name": c.name})
+            state.write_atomic(os.path.join(c.bundle, "config.json"), jsonio.dumps(spec, indent=2).encode(), 0o644)
+            return {"startedAt": _now(), "network": net}
+        except BaseException:
+            for step in reversed(undo):
+                with contextlib.suppress(HanokError, OSError):
+                    step()
+            raise
+
+    def start(self, ref: str | Container, *, attach: bool = False) -> Container | int:
+        """Start a created or exited container detached, under its monitor.
+
+        With `attach` (docker's `start -a`, and `run` without -d) its output is
+        copied to ours until it exits, and the exit code is returned.
+        """
+        c = ref if isinstance(ref, Container) else self.get(ref)
+        opts = c.options
+        if opts.tty and attach:
+            return self._run_in_terminal(c)
+        with c.lock():
+            if c.status()["running"]:
+                raise BadState(f"container {c.name} is already running")
+            self._release(c)
+            for stale in (EXIT, RUN):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(c.path(stale))
+            run = self._prepare(c)
+            try:
+                info = self._spawn_monitor(c, stdin_fd=0 if (attach and opts.interactive) else None)
+            except BaseException:
+                self._release(c, keep_run=False)
+                raise
+            run["monitorPid"] = info.pid
+            run["pid"] = info.container_pid
+            c.write_json(RUN, run)
+        if not attach:
+            return c
+        return self._follow_until_exit(c, info.pid)
+
+    def _spawn_monitor(self, c: Container, stdin_fd: int | None):
+        from hanok.runtime import container, monitor
+
+        saved_stdin = os.dup(stdin_fd) if stdin_fd is not None else None
+        oci_root, cid, bundle_dir = self.oci_root, c.id, c.bundle
+
+        def launch() -> int:
+            if saved_stdin is not None:
+                os.dup2(saved_stdin, 0)
+            pid = container.create(oci_root, cid, bundle_dir)
+            try:
+                container.start(oci_root, cid)
+            except BaseException:
+                container.delete(oci_root, cid, force=True)
+                raise
+            return pid
+
+        tty = c.options.tty
+        console = c.path("console.sock") if tty else None
+
+        def launch_with_console() -> int:
+            pid = container.create(oci_root, cid, bundle_dir, console_socket=console)
+            try:
+                container.start(oci_root, cid)
+            except BaseException:
+                container.delete(oci_root, cid, force=True)
+                raise
+            return pid
+
+        try:
+            return monitor.spawn(launch=launch_with_console if tty else launch, log_path=c.path(LOG),
+                                 exit_path=c.path(EXIT), terminal=tty, console_socket_path=console,
+                                 exit_command=self.cli_command("container", "cleanup", c.id))
+        finally:
+            if saved_stdin is not None:
+                os.close(saved_stdin)
+
+    def cli_command(self, *args: str) -> list[str]:
+        """The `hanok` command line a monitor runs when its container exits."""
+        return [sys.executable, "-c", "from hanok.cli import hanok_main; hanok_main()",
+                "--store", self.store_root, "--state", self.run_root, *args]
+
+    def _follow_until_exit(self, c: Container, monitor_pid: int) -> int:
+        """Print the container's output as it comes, forward ^C and friends, return its exit code."""
+        import signal as _signal
+
+        from hanok.runtime import container, logs
+
+        def forward(signum: int, _frame: object) -> None:
+            with contextlib.suppress(HanokError):
+                container.kill(self.oci_root, c.id, signum)
+
+        for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT):
+            _signal.signal(sig, forward)
+
+        ended: dict | None = None
+
+        def finished() -> bool:
+            # read now: the monitor's cleanup removes a --rm container right after
+            nonlocal ended
+            ended = c.read_json(EXIT)
+            return ended is not None or not _pid_alive(monitor_pid)
+
+        out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+        for stream, data in logs.read(c.path(LOG), follow=True, stop=finished):
+            target = out.get(stream, sys.stdout.buffer)
+            target.write(data)
+            target.flush()
+        _wait_monitor(monitor_pid)
+        if ended is None or ended.get("exitCode") is None:
+            raise HanokError(f"container {c.name}: its monitor exited without recording an exit code")
+        return int(ended["exitCode"])
+
+    def _run_in_terminal(self, c: Container) -> int:
+        """`run -it`: the container's pty is relayed to ours by this process (no log is kept)."""
+        from hanok.runtime import container
+
+        with c.lock():
+            if c.status()["running"]:
+                raise BadState(f"container {c.name} is already running")
+            self._release(c)
+            for stale in (EXIT, RUN):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(c.path(stale))
+            run = self._prepare(c)
+            run["monitorPid"] = os.getpid()
+            c.write_json(RUN, run)
+        try:
+            code = container.run(self.oci_root, c.id, c.bundle)
+            c.write_json(EXIT, {"exitCode": code, "finishedAt": _now()})
+        finally:
+            self.cleanup(c.id)
+        return code
+
+    # ------------------------------------------------------------ run / stop / rm
+
+    def run(self, opts: RunOptions, *, detach: bool, pull: bool = True) -> tuple[Container, int | None]:
+        """create + start; attached runs return the exit code (and honour --rm here)."""
+        c = self.create(opts, pull=pull)
+        try:
+            result = self.start(c, attach=not detach)
+        except BaseException:
+            with contextlib.suppress(HanokError, OSError):
+                self.remove(c.id, force=True)
+            raise
+        if detach:
+            return c, None
+        code = int(result)  # type: ignore[arg-type]
+        if opts.auto_remove:
+            with contextlib.suppress(NotFound):
+                self.remove(c.id, force=True)
+        return c, code
+
+    def kill(self, ref: str, signal: str | int = "KILL") -> Container:
+        from hanok.runtime import container
+
+        c = self.get(ref)
+        if not c.status()["running"]:
+            raise BadState(f"container {c.name} is not running")
+        container.kill(self.oci_root, c.id, signal)
+        return c
+
+    def stop(self, ref: str, timeout: float | None = None) -> Container:
+        """The stop signal (the image's, else SIGTERM); SIGKILL after `timeout` (10 s)."""
+        from hanok.runtime import container
+
+        c = self.get(ref)
+        if not c.status()["running"]:
+            return c
+        signal = (c.record.get("imageConfig") or {}).get("StopSignal") or "TERM"
+        with contextlib.suppress(BadState, NotFound):
+            container.kill(self.oci_root, c.id, signal)
+        if not self._wait_stopped(c, 10.0 if timeout is None else timeout):
+            with contextlib.suppress(BadState, NotFound):
+                container.kill(self.oci_root, c.id, "KILL", all_processes=True)
+            self._wait_stopped(c, 10.0)
+        self.cleanup(c.id)
+        return c
+
+    def _wait_stopped(self, c: Container, timeout: float) -> bool:
+        """Until the process is gone and its end recorded (or its monitor is gone too)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = c.status()
+            run = c.read_json(RUN) or {}
+            monitor = run.get("monitorPid")
+            if not st["running"] and (st["exitCode"] is not None or not monitor or not _pid_alive(monitor)):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+    def cleanup(self, ref: str) -> None:
+        """After the process exited: runtime state, network and root mount go; --rm removes."""
+        try:
+            c = self.get(ref)
+        except NotFound:
+            return
+        with c.lock():
+            if c.status()["running"]:
+                return
+            self._release(c)
+        if c.options.auto_remove:
+            with contextlib.suppress(NotFound, BadState):
+                self.remove(c.id, force=True)
+
+    def _release(self, c: Container, keep_run: bool = True) -> None:
+        """Undo what a run set up (idempotent; the caller holds the lock)."""
+        from hanok.images import overlay
+        from hanok.runtime import container
+
+        with contextlib.suppress(NotFound):
+            container.delete(self.oci_root, c.id, force=True)
+        net = (c.read_json(RUN) or {}).get("network")
+        if net is None or not net.get("joined"):
+            try:
+                from hanok.netns import network
+
+                network.teardown(self.store_root, self.run_root, c.id)
+            except ImportError:
+                pass
+        overlay.unmount(c.rootfs)
+        if not keep_run:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(c.path(RUN))
+
+    def remove(self, ref: str, force: bool = False) -> Container:
+        c = self.get(ref)
+        if c.status()["running"]:
+            if not force:
+                raise BadState(f"cannot remove container {c.name}: it is running (stop it first, or use -f)")
+            from hanok.runtime import container
+
+            with contextlib.suppress(BadState, NotFound):
+                container.kill(self.oci_root, c.id, "KILL", all_processes=True)
+            self._wait_stopped(c, 10.0)
+        with c.lock():
+            self._release(c)
+            name_link = os.path.join(self.names_dir, c.name)
+            with contextlib.suppress(OSError):
+                if os.readlink(name_link) == c.id:
+                    os.unlink(name_link)
+            os.unlink(c.path(RECORD))  # from here on the container does not exist
+        _rmtree(c.dir)
+        return c
+
+    # ------------------------------------------------------------ exec
+
+    def exec(self, ref: str, args: list[str], *, env: list[str] = (), workdir: str | None = None,  # type: ignore[assignment]
+             user: str | None = None, tty: bool = False, detach: bool = False) -> int:
+        """Run another process in a running container; its exit code (0 when detached)."""
+        from hanok.runtime import container
+
+        c = self.get(ref)
+        if not c.status()["running"]:
+            raise BadState(f"container {c.name} is not running")
+        numeric = None
+        if user:
+            from hanok.images import overlay
+
+            who = overlay.resolve_user(user, c.rootfs)
+            numeric = f"{who['uid']}:{who['gid']}"
+        process = container.exec_spec(self.oci_root, c.id, list(args), list(env), workdir, numeric, tty, [], None)
+        if not tty:
+            return container.exec_process(self.oci_root, c.id, process, detach=detach)
+        if detach:
+            raise InvalidArgument("a terminal needs an attached exec (drop -d or -t)")
+        from hanok.runtime.process import console_pair, receive_pty_master, relay_pty_until_exit
+
+        ours, theirs = console_pair()
+        try:
+            def relay(pid: int) -> int:
+                master = receive_pty_master(ours)
+                try:
+                    return relay_pty_until_exit(master, pid)
+                finally:
+                    os.close(master)
+
+            return container.exec_process(self.oci_root, c.id, process, console_fd=theirs, wait=relay)
+        finally:
+            os.close(ours)
+
+    # ------------------------------------------------------------ gc
+
+    def gc(self, grace_seconds: float = 60.0) -> dict:
+        """Finish what crashed commands left behind; returns what was done.
+
+        - containers not running whose root, network or runtime state is still
+          set up (their monitor or CLI was killed): released; --rm ones removed
+        - directories without container.json and name links to nothing, older
+          than `grace_seconds` (younger ones may be a create in progress)
+        - runtime states without a container, network endpoints, leases,
+          namespaces and port rules whose owner is not running
+        """
+        from hanok.runtime import container
+
+        report: dict[str, list[str]] = {"released": [], "removed": [], "halfMade": [], "names": [],
+                                        "runtimeStates": [], "network": []}
+        running: set[str] = set()
+        for c in self.containers():
+            try:
+                st = c.status()
+                if st["running"]:
+                    running.add(c.id)
+                    continue
+                set_up = os.path.ismount(c.rootfs) or c.oci_status()[0] is not None
+                if c.options.auto_remove and st["status"] == "exited":
+                    self.remove(c.id, force=True)
+                    report["removed"].append(c.id)
+                elif set_up:
+                    with c.lock():
+                        self._release(c)
+                    report["released"].append(c.id)
+            except HanokError:
+                continue
+        now = time.time()
+        try:
+            entries = os.listdir(self.containers_dir)
+        except FileNotFoundError:
+            entries = []
+        for entry in entries:
+            path = os.path.join(self.containers_dir, entry)
+            if (len(entry) == 64 and not os.path.exists(os.path.join(path, RECORD))
+                    and now - os.lstat(path).st_mtime > grace_seconds):
+                from hanok.images import overlay
+
+                overlay.unmount(os.path.join(path, "bundle", "rootfs"))
+                _rmtree(path)
+                report["halfMade"].append(entry)
+        try:
+            names = os.listdir(self.names_dir)
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            link = os.path.join(self.names_dir, name)
+            with contextlib.suppress(OSError):
+                if (not os.path.exists(os.path.join(self.containers_dir, os.readlink(link), RECORD))
+                        and now - os.lstat(link).st_mtime > grace_seconds):
+                    os.unlink(link)
+                    report["names"].append(name)
+        known = set(self.ids())
+        for cid in state.list_ids(self.oci_root):
+            if cid not in known:
+                with contextlib.suppress(HanokError):
+                    container.delete(self.oci_root, cid, force=True)
+                    report["runtimeStates"].append(cid)
+        try:
+            from hanok.netns import network
+        except ImportError:
+            return report
+        done = network.gc(self.store_root, self.run_root, lambda owner: owner in running)
+        for kind, items in sorted(done.items()):
+            report["network"].extend(f"{kind} {item}" for item in items)
+        return report
+
+    # ------------------------------------------------------------ queries
+
+    def summary(self, c: Container) -> dict:
+        """The stable JSON of `hanok ps --json` (documented in the README)."""
+        rec = c.record
+        st = c.status()
+        run = c.read_json(RUN) or {}
+        net = run.get("network") or {}
+        return {
+            "id": c.id, "name": rec["name"], "image": rec["image"]["name"], "imageId": rec["image"]["id"],
+            "command": _command_of(rec), "created": rec["created"], "state": st["status"],
+            "exitCode": st["exitCode"], "pid": st["pid"], "startedAt": st["startedAt"],
+            "finishedAt": st["finishedAt"], "ip": net.get("ip"),
+            "ports": net.get("ports") or [], "labels": rec["options"].get("labels") or {},
+            "pod": rec["options"].get("pod"),
+        }
+
+    def inspect(self, ref: str) -> dict:
+        c = self.get(ref)
+        rec = c.record
+        run = c.read_json(RUN) or {}
+        return {"id": c.id, "name": rec["name"], "created": rec["created"], "image": rec["image"],
+                "state": c.status(), "config": rec["options"], "hostname": rec["hostname"],
+                "network": run.get("network"), "logPath": c.path(LOG), "rootfs": c.rootfs,
+                "bundle": c.bundle, "upperDir": c.path("upper"), "layers": rec["layers"]}
+
+    def wait(self, ref: str) -> int:
+        c = self.get(ref)
+        while True:
+            st = c.status()
+            if st["status"] == "exited":
+                if st["exitCode"] is not None:
+                    return int(st["exitCode"])
+                run = c.read_json(RUN) or {}
+                if not _pid_alive(run.get("monitorPid") or 0):
+                    raise HanokError(f"container {c.name}: the exit code was not recorded (its monitor was killed)")
+            elif st["status"] == "created":
+                raise BadState(f"container {c.name} is not running")
+            time.sleep(0.05)
+
+    def stats(self, ref: str) -> dict:
+        from hanok.runtime import container
+
+        c = self.get(ref)
+        if not c.status()["running"]:
+            raise BadState(f"container {c.name} is not running")
+        return {"id": c.id, "name": c.name, **container.stats(self.oci_root, c.id)}
+
+    def in_use_layers(self) -> set[str]:
+        layers: set[str] = set()
+        for c in self.containers():
+            with contextlib.suppress(HanokError):
+                layers.update(c.record["layers"])
+        return layers
+
+    def users_of_image(self, image_id: str) -> list[Container]:
+        out = []
+        for c in self.containers():
+            with contextlib.suppress(HanokError):
+                if c.record["image"]["id"] == image_id:
+                    out.append(c)
+        return out
+
+
+def _checked_volume_name(name: str) -> str:
+    """For the dry run of image_spec in create: checks a volume name, makes nothing."""
+    validate_name(name)
+    return "/"
+
+
+def _command_of(rec: dict) -> list[str]:
+    opts = rec["options"]
+    cfg = rec.get("imageConfig") or {}
+    ep = opts.get("entrypoint")
+    if ep is not None:
+        return list(ep) + list(opts.get("command") or [])
+    return list(cfg.get("Entrypoint") or []) + list(opts.get("command") or cfg.get("Cmd") or [])
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return data[data.rindex(b")") + 2:data.rindex(b")") + 3] != b"Z"
+    except (OSError, ValueError):
+        return False
+
+
+def _wait_monitor(pid: int) -> None:
+    """Reap the monitor if it is our child (it is, for attached runs)."""
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        while _pid_alive(pid):
+            time.sleep(0.02)
+
+
+def _rmtree(path: str) -> None:
+    """Remove a container directory; never across a mount (a leaked rootfs mount)."""
+    import shutil
+
+    def onerror(func, p, exc_info):  # type: ignore[no-untyped-def]
+        if isinstance(exc_info[1], FileNotFoundError):
+            return
+        if isinstance(exc_info[1], OSError) and exc_info[1].errno == errno.EBUSY:
+            raise HanokError(f"cannot remove {p}: something is still mounted there") from None
+        raise exc_info[1]
+
+    if os.path.ismount(os.path.join(path, "bundle", "rootfs")):
+        raise HanokError(f"cannot remove {path}: its root is still mounted")
+    shutil.rmtree(path, onerror=onerror)

@@ -1,0 +1,115 @@
+"""Benchmark `hanok run --rm IMAGE true` against podman with runc (issue 6).
+
+Run as root:  /opt/hanok/bin/python tests/bench/bench_run.py [--pairs N] [--hanok PATH]
+
+Both sides run the same busybox image (the docker-archive the caller tests
+build, loaded into each), with `--network none` so that only the container
+work is timed, not network setup (bench_net.py times that). podman (Debian
+4.3, conmon, runc, cgroupfs) runs inside its own net+mount namespace with a
+private /run and storage under a temp dir, exactly as tests/integration/
+test_callers.py sets it up. A B A B alternation in one run; medians, p90s and
+the hanok/podman ratio are printed, never a threshold.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "integration")]
+
+from test_callers import (CONTAINERS_CONF, IMAGE, POLICY, STORAGE_CONF, _ulimits,  # noqa: E402
+                          build_busybox_archive)
+
+WARMUP = 2
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter_ns()
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    elapsed = (time.perf_counter_ns() - start) / 1e6
+    if done.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(argv)}\n{done.stdout}{done.stderr}")
+    return elapsed
+
+
+def podman_sandbox(base: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """podman's config under `base`, and a process holding its private namespaces."""
+    for d in ("tmp", "home/.config/containers", "networks", "varlib/upper", "varlib/work"):
+        (base / d).mkdir(parents=True)
+    (base / "containers.conf").write_text(CONTAINERS_CONF.format(base=base, ulimits=_ulimits()))
+    (base / "storage.conf").write_text(STORAGE_CONF.format(base=base))
+    (base / "registries.conf").write_text("")
+    (base / "home/.config/containers/policy.json").write_text(json.dumps(POLICY))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CONTAINERS_", "XDG_", "DBUS_", "REGISTRY_AUTH"))}
+    env.update(CONTAINERS_CONF=str(base / "containers.conf"), CONTAINERS_STORAGE_CONF=str(base / "storage.conf"),
+               CONTAINERS_REGISTRIES_CONF=str(base / "registries.conf"), HOME=str(base / "home"))
+    setup = (f"mount -t tmpfs -o mode=755,size=64m hanok-bench-run /run && "
+             f"mount -t overlay hanok-bench-varlib -o lowerdir=/var/lib,"
+             f"upperdir={base}/varlib/upper,workdir={base}/varlib/work /var/lib && "
+             f"echo ready && exec sleep infinity")
+    holder = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c", setup],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert holder.stdout is not None
+    if holder.stdout.readline().strip() != "ready":
+        raise SystemExit("could not make podman's namespaces")
+    return holder, env
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=20)
+    parser.add_argument("--hanok", default=str(Path(sys.executable).parent / "hanok"))
+    args = parser.parse_args()
+    for tool in ("podman", "conmon", "runc", "unshare", "nsenter"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found (apt-get install podman runc util-linux)")
+    base = Path(tempfile.mkdtemp(prefix="hanok-bench-run-", dir="/tmp"))
+    base.chmod(0o755)
+    holder = None
+    try:
+        archive = base / "busybox.tar"
+        build_busybox_archive(archive)
+        hanok = [args.hanok, "--store", str(base / "store"), "--state", str(base / "state")]
+        subprocess.run(hanok + ["load", "-i", str(archive)], check=True, capture_output=True)
+        holder, env = podman_sandbox(base / "podman")
+        runc = shutil.which("runc") or "runc"
+        podman = ["nsenter", "-t", str(holder.pid), "--net", "--mount", "podman",
+                  "--root", str(base / "podman/graph"), "--runroot", str(base / "podman/runroot"),
+                  "--runtime", runc, "--cgroup-manager", "cgroupfs"]
+        subprocess.run(podman + ["load", "-i", str(archive)], check=True, capture_output=True, env=env)
+        hanok_run = hanok + ["run", "--rm", "--network", "none", IMAGE, "true"]
+        podman_run = podman + ["run", "--rm", "--network", "none", IMAGE, "true"]
+        samples: dict[str, list[float]] = {"hanok": [], "podman": []}
+        for i in range(WARMUP + args.pairs):
+            h = timed(hanok_run)
+            p = timed(podman_run, env)
+            if i >= WARMUP:
+                samples["hanok"].append(h)
+                samples["podman"].append(p)
+        print(f"run --rm --network none {IMAGE} true, {args.pairs} pairs (ms)")
+        for side, values in samples.items():
+            values.sort()
+            print(f"  {side:7} median {statistics.median(values):8.1f}   p90 {values[int(len(values) * 0.9) - 1]:8.1f}")
+        ratio = statistics.median(samples["hanok"]) / statistics.median(samples["podman"])
+        print(f"  hanok/podman {ratio:.2f}x (target <= 0.5x)")
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        subprocess.run([args.hanok, "--store", str(base / "store"), "--state", str(base / "state"),
+                        "container", "prune"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
