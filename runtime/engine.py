@@ -573,10 +573,25 @@ class Engine:
         with c.lock():
             if c.status()["running"]:
                 return
+            self._record_oom_kill(c)
             self._release(c)
         if c.options.auto_remove:
             with contextlib.suppress(NotFound, BadState):
                 self.remove(c.id, force=True)
+
+    def _record_oom_kill(self, c: Container) -> None:
+        """Before the cgroup goes: did the kernel's OOM killer end this run? (into exit.json)"""
+        from hanok.runtime import container
+
+        ended = c.read_json(EXIT)
+        if ended is None or "oomKilled" in ended:
+            return
+        try:
+            memory = container.stats(self.oci_root, c.id).get("memory") or {}
+        except HanokError:
+            return
+        ended["oomKilled"] = bool(memory.get("oom_kill"))
+        c.write_json(EXIT, ended)
 
     def _release(self, c: Container, keep_run: bool = True) -> None:
         """Undo what a run set up (idempotent; the caller holds the lock)."""

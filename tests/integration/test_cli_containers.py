@@ -399,3 +399,15 @@ def test_publish_needs_a_bridge_network(hanok: Hanok) -> None:
            "--publish needs a bridge network, not --network none")
     failed(hanok("run", "--network", "nosuchnet", IMAGE, "true"), "network nosuchnet not found")
     assert hanok.container_ids() == []
+
+
+def test_an_oom_kill_is_reported_as_the_reason(hanok: Hanok) -> None:
+    # busybox sh grows a string past the 16 MiB limit; the kernel's OOM killer ends it
+    hanok.ok("run", "-d", "--network", "none", "--name", "hog", "--memory", "16m", IMAGE, "sh", "-c",
+             "x=xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; while true; do x=$x$x; done")
+    assert hanok.ok("wait", "hog") == "137\n"
+    wait_for(lambda: inspect(hanok, "hog")["state"]["oomKilled"])
+    state = inspect(hanok, "hog")["state"]
+    assert (state["status"], state["exitCode"], state["oomKilled"]) == ("exited", 137, True)
+    done = hanok("run", "--rm", "--network", "none", "--memory", "64m", IMAGE, "true")
+    assert done.returncode == 0
