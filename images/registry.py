@@ -5,12 +5,15 @@
 
 A pull fetches the manifest (an image index / Docker manifest list is
 resolved to the host's platform or `platform=`), the image config and the
-layer blobs, each streamed into `store.ingest(digest, size)` and verified by
-digest and size as it arrives; nothing appears under a final name before it
-checked out. Layers download in parallel and are unpacked once per diff_id;
-blobs already in the store are not fetched again. The whole pull runs inside
-`store.transaction()` (gc waits) and a failure removes every blob and layer
-this pull added, so the store is left as it was.
+layer blobs, each verified by digest and size as it arrives; nothing appears
+under a final name before it checked out. A layer goes through one streaming
+pass (`store.ingest_layer`): the bytes from the socket are hashed, written to
+the blob's tmp file, inflated, hashed again (diff_id) and extracted, with no
+second read of the blob. Layers run in parallel threads (socket reads, zlib,
+hashing and file syscalls release the GIL) and are unpacked once per diff_id;
+blobs and layers already in the store are not fetched again. The whole pull
+runs inside `store.transaction()` (gc waits) and a failure removes every blob
+and layer this pull added, so the store is left as it was.
 
 Auth: anonymous, basic, and bearer tokens (a 401's WWW-Authenticate
 `Bearer realm=..,service=..,scope=..` -> GET realm with basic credentials if
@@ -40,8 +43,15 @@ from collections.abc import Callable, Iterable
 
 from hanok.images import archive as _archive
 from hanok.images import reference as _reference
-from hanok.images.store import INDEX_TYPES, MANIFEST_TYPES, MT_DOCKER_LIST, MT_DOCKER_MANIFEST, \
-    MT_OCI_INDEX, MT_OCI_MANIFEST, Store
+from hanok.images.store import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MT_DOCKER_LIST,
+    MT_DOCKER_MANIFEST,
+    MT_OCI_INDEX,
+    MT_OCI_MANIFEST,
+    Store,
+)
 from hanok.runtime.errors import ImageError
 
 ACCEPT = ", ".join((MT_OCI_INDEX, MT_OCI_MANIFEST, MT_DOCKER_LIST, MT_DOCKER_MANIFEST))
@@ -110,7 +120,7 @@ def credentials(registry: str, path: str | None = None) -> tuple[str, str] | Non
     if not isinstance(auths, dict):
         return None
     wanted = _auth_keys(registry)
-    by_host = {}
+    by_host: dict[str, dict] = {}
     for key, entry in auths.items():
         if isinstance(entry, dict):
             by_host.setdefault(key, entry)
@@ -438,58 +448,114 @@ class _Client:
 
     def blob_into(self, store: Store, digest: str, size: int, cancel: threading.Event,
                   progress: Progress | None) -> bool:
-        """Stream a blob into the store, resuming or restarting on a dropped connection.
+        """Stream a blob into the store (see _BlobReader for dropped connections).
 
         Returns True when this call created the blob (False: it was there already).
         """
+        reader = _BlobReader(self, digest, size, cancel, progress)
+        try:
+            with store.ingest(digest, size) as w:
+                while True:
+                    chunk = reader.read(_CHUNK)
+                    if not chunk:
+                        break
+                    try:
+                        w.write(chunk)
+                    except OSError as e:  # the store's disk, not the network: no retry
+                        raise ImageError(f"blob {digest}: cannot write to the store: {e.strerror or e}") from None
+        finally:
+            reader.close()
+        return w.created
+
+
+class _BlobReader:
+    """A blob from the registry as one stream of bytes, across dropped connections.
+
+    `read(n)` hands out the body as it arrives. When the connection drops or
+    ends early, the blob is asked for again with `Range: bytes=<received>-`:
+    a 206 from there continues the stream, a full 200 has its first
+    <received> bytes skipped. Whoever reads (hashing, the tmp file, the
+    extractor) sees one continuous stream and never restarts. Gives up with
+    ImageError after ATTEMPTS failures; stops with _Cancelled when `cancel` is set.
+    """
+
+    def __init__(self, client: _Client, digest: str, size: int, cancel: threading.Event,
+                 progress: Progress | None):
         import urllib3
 
-        requests = self.requests
-        url = f"{self.base}blobs/{digest}"
-        what = f"blob {digest}"
-        not_found = f"blob unknown: {digest} not found in {self.registry}/{self.repository}"
-        w = store.ingest(digest, size)
-        failures = 0
-        try:
-            while True:
-                if cancel.is_set():
-                    raise _Cancelled()
-                headers = {"Range": f"bytes={w.size}-"} if w.size else {}
-                try:
-                    r = self.request("GET", url, headers=headers, stream=True, what=what, not_found=not_found)
-                    with r:  # type: ignore[attr-defined]
-                        if w.size:
-                            start = -1
-                            if r.status_code == 206:  # type: ignore[attr-defined]
-                                cr = r.headers.get("Content-Range", "")  # type: ignore[attr-defined]
-                                with contextlib.suppress(ValueError):
-                                    start = int(cr.split(" ", 1)[1].split("-", 1)[0])
-                            if start != w.size:  # no resume: start over
-                                w.abort()
-                                w = store.ingest(digest, size)
-                        for chunk in r.raw.stream(_CHUNK, decode_content=False):  # type: ignore[attr-defined]
-                            if cancel.is_set():
-                                raise _Cancelled()
-                            try:
-                                w.write(chunk)
-                            except OSError as e:  # the store's disk, not the network: no retry
-                                raise ImageError(f"{what}: cannot write to the store: {e}") from None
-                            if progress is not None:
-                                progress(digest, w.size, size)
-                    if w.size < size:
-                        raise EOFError(f"connection closed after {w.size} of {size} bytes")
-                except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError,
-                        EOFError, OSError) as e:
-                    failures += 1
-                    if failures >= ATTEMPTS:
-                        raise ImageError(f"{what}: download failed after {failures} attempts "
-                                         f"({w.size} of {size} bytes): {e.__class__.__name__}") from None
-                    time.sleep(BACKOFF * 2 ** (failures - 1))
-                    continue
-                w.commit()  # verifies size and digest; removes the tmp file on mismatch
-                return w.created
-        finally:
-            w.abort()  # no-op after a commit
+        self.client = client
+        self.digest = digest
+        self.size = size
+        self.cancel = cancel
+        self.progress = progress
+        self.url = f"{client.base}blobs/{digest}"
+        requests = client.requests
+        # what a retry may cure (the store's own disk errors are raised by the writer, not here)
+        self.transient = (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError, EOFError, OSError)
+        self.received = 0
+        self.finished = False  # the body was read to its end
+        self.failures = 0
+        self.response: object | None = None
+        self.skip = 0  # bytes of a full (non-206) answer we already have
+
+    def close(self) -> None:
+        if self.response is not None:
+            self.response.close()  # type: ignore[attr-defined]
+            self.response = None
+
+    def _open(self) -> None:
+        headers = {"Range": f"bytes={self.received}-"} if self.received else {}
+        r = self.client.request("GET", self.url, headers=headers, stream=True, what=f"blob {self.digest}",
+                                not_found=f"blob unknown: {self.digest} not found in "
+                                          f"{self.client.registry}/{self.client.repository}")
+        self.skip = 0
+        if self.received:
+            start = -1
+            if r.status_code == 206:  # type: ignore[attr-defined]
+                cr = r.headers.get("Content-Range", "")  # type: ignore[attr-defined]
+                with contextlib.suppress(ValueError, IndexError):
+                    start = int(cr.split(" ", 1)[1].split("-", 1)[0])
+            if start != self.received:  # the whole blob again: skip what we have
+                if r.status_code != 200:  # type: ignore[attr-defined]
+                    r.close()  # type: ignore[attr-defined]
+                    raise EOFError(f"unusable answer {r.status_code} to a range request")  # type: ignore[attr-defined]
+                self.skip = self.received
+        self.response = r
+
+    def read(self, n: int = -1) -> bytes:
+        amount = _CHUNK if n is None or n < 0 else min(n, _CHUNK)
+        while not self.finished:
+            if self.cancel.is_set():
+                raise _Cancelled()
+            try:
+                if self.response is None:
+                    self._open()
+                data = self.response.raw.read(amount, decode_content=False)  # type: ignore[union-attr]
+                if self.skip and data:
+                    drop = min(self.skip, len(data))
+                    self.skip -= drop
+                    data = data[drop:]
+                    if not data:
+                        continue
+                if not data:
+                    self.close()
+                    if self.received < self.size:
+                        raise EOFError(f"connection closed after {self.received} of {self.size} bytes")
+                    self.finished = True
+                    return b""
+            except self.transient as e:
+                self.close()
+                self.failures += 1
+                if self.failures >= ATTEMPTS:
+                    raise ImageError(f"blob {self.digest}: download failed after {self.failures} attempts "
+                                     f"({self.received} of {self.size} bytes): {e.__class__.__name__}") from None
+                time.sleep(BACKOFF * 2 ** (self.failures - 1))
+                continue
+            self.received += len(data)
+            if self.progress is not None:
+                self.progress(self.digest, min(self.received, self.size), self.size)
+            return data
+        return b""
 
 
 # ------------------------------------------------------------------ pull
@@ -604,25 +670,37 @@ def _fetch_layers(store: Store, client: _Client, layers: list[dict], diff_ids: l
         todo.setdefault(desc["digest"], (desc, diff_id))
 
     def one(desc: dict, diff_id: str) -> None:
-        digest = desc["digest"]
-        if not store.has_blob(digest):
-            if client.blob_into(store, digest, desc["size"], cancel, progress):
-                with lock:
-                    created_blobs.append(digest)
-        elif progress is not None:
-            progress(digest, desc["size"], desc["size"])
-        if cancel.is_set():
-            raise _Cancelled()
-        _, new = store.unpack_layer(digest, diff_id)
-        if new:
-            with lock:
+        """One layer: whatever of blob and unpacked layer the store lacks, in one pass when both."""
+        digest, size = desc["digest"], desc["size"]
+        have_blob, have_layer = store.has_blob(digest), store.has_layer(diff_id)
+        new_blob = new_layer = False
+        if have_blob:
+            if progress is not None:
+                progress(digest, size, size)
+            if not have_layer:
+                _, new_layer = store.unpack_layer(digest, diff_id)
+        elif have_layer:
+            new_blob = client.blob_into(store, digest, size, cancel, progress)
+        else:
+            reader = _BlobReader(client, digest, size, cancel, progress)
+            try:
+                new_blob, new_layer = store.ingest_layer(reader, digest, size, diff_id)  # type: ignore[arg-type]
+            finally:
+                reader.close()
+        with lock:
+            if new_blob:
+                created_blobs.append(digest)
+            if new_layer:
                 created_layers.append(diff_id)
 
     if not todo:
         return
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(todo))),
                             thread_name_prefix="hanok-pull") as pool:
-        futures = [pool.submit(one, desc, diff_id) for desc, diff_id in todo.values()]
+        # largest first: the last layer to start should be a short one (layer order does not
+        # matter, each is unpacked into its own directory)
+        biggest_first = sorted(todo.values(), key=lambda t: -t[0]["size"])
+        futures = [pool.submit(one, desc, diff_id) for desc, diff_id in biggest_first]
         try:
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         except BaseException:  # KeyboardInterrupt: stop the workers, then unwind

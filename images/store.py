@@ -12,11 +12,16 @@ Layout under the root (default /var/lib/hanok, or $HANOK_ROOT):
 
 Every write is atomic: a blob is written to tmp/, verified against its digest
 and size while streaming, fsynced and renamed into place; a layer is unpacked
-into tmp/ and renamed into layers/ once its diff_id checked out. A partial
-never appears under a final name. Loads and pulls run inside `transaction()`
-(a shared lock) so a concurrent `gc` (exclusive) cannot remove blobs they
-wrote but have not referenced yet; two pulls of the same image at once are
-safe (the second rename of identical content wins harmlessly).
+into tmp/, synced (one syncfs, not an fsync per file) and renamed into layers/
+once its diff_id checked out. A partial never appears under a final name.
+`ingest_layer` does both in one pass over a layer blob as it streams in (from
+the network): hashed, written to tmp/, inflated, hashed again and extracted;
+the blob and the layer are named only when both digests checked out.
+
+Loads and pulls run inside `transaction()` (a shared lock) so a concurrent
+`gc` (exclusive) cannot remove blobs they wrote but have not referenced yet;
+two pulls of the same image at once are safe (the second rename of identical
+content wins harmlessly).
 """
 from __future__ import annotations
 
@@ -128,10 +133,14 @@ class Ingest:
                 break
             self.write(chunk)
 
-    def commit(self) -> str:
-        """Verify, fsync and rename into blobs/; returns the digest."""
+    def verify(self) -> str:
+        """Check size and digest of what was written so far (ImageError, and abort, if wrong).
+
+        Lets a caller check the blob before committing something that depends
+        on it (see Store.ingest_layer); commit() verifies again.
+        """
         if self._fd is None:
-            raise ImageError("blob commit after abort")
+            raise ImageError("blob verify after commit or abort")
         digest = "sha256:" + self.hash.hexdigest()
         try:
             if self.expected_size is not None and self.size != self.expected_size:
@@ -139,6 +148,17 @@ class Ingest:
                                  f"got {self.size} of {self.expected_size} bytes")
             if self.expected_digest is not None and digest != self.expected_digest:
                 raise ImageError(f"blob digest mismatch: expected {self.expected_digest}, got {digest}")
+        except BaseException:
+            self.abort()
+            raise
+        return digest
+
+    def commit(self) -> str:
+        """Verify, fsync and rename into blobs/; returns the digest."""
+        if self._fd is None:
+            raise ImageError("blob commit after abort")
+        digest = self.verify()
+        try:
             os.fsync(self._fd)
             final = self.store.blob_path(digest)
             self.created = not os.path.exists(final)
@@ -183,6 +203,78 @@ def _mkstemp(directory: str, prefix: str) -> tuple[int, str]:
     raise ImageError(f"cannot create a temporary file in {directory}")
 
 
+class _Tee:
+    """Reads from `raw`, passing every byte through an Ingest on the way (hash, size, tmp file)."""
+
+    def __init__(self, raw: BinaryIO, ingest: Ingest, digest: str):
+        self.raw = raw
+        self.ingest = ingest
+        self.digest = digest
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        if data:
+            try:
+                self.ingest.write(data)
+            except OSError as e:  # the store's disk
+                raise ImageError(f"blob {self.digest}: cannot write to the store: {e.strerror or e}") from None
+        return data
+
+    def drain(self) -> None:
+        """Read to the end: the blob is hashed and kept whole even when the extractor stopped early."""
+        while self.read(_CHUNK):
+            pass
+
+
+# linux/fs.h: FS_IOC_GETFLAGS / FS_IOC_SETFLAGS (_IOR/_IOW('f', 1|2, long)) and FS_TOPDIR_FL
+_FS_IOC_GETFLAGS = 0x80086601
+_FS_IOC_SETFLAGS = 0x40086602
+_FS_TOPDIR_FL = 0x00020000
+
+
+def _spread_subdirs(path: str) -> None:
+    """Mark `path` a top of directory hierarchies for ext2/3/4's Orlov allocator (`chattr +T`).
+
+    Each layer is unpacked into its own new directory under tmp/; with the
+    flag, ext4 places each such tree in a block group of its own choosing
+    instead of crowding every layer into tmp/'s group. That matters most on
+    an ext4 without a journal (this project's VMs), where allocating an inode
+    skips, one by one, the inodes of the group deleted in the last minutes:
+    right after a gc or an rmi, a pull into tmp/'s group paid ~225 us per
+    file (1.7 s for a 7,000-file image) against ~11-50 us with the flag
+    (0.6 s). Filesystems without the flag (xfs, btrfs, tmpfs) refuse it and
+    nothing changes.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        flags = int.from_bytes(fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8))[:4], "little")
+        if not flags & _FS_TOPDIR_FL:
+            fcntl.ioctl(fd, _FS_IOC_SETFLAGS, (flags | _FS_TOPDIR_FL).to_bytes(8, "little"))
+    except OSError:
+        pass  # not ext2/3/4 (or not allowed): the default placement, just slower there
+    finally:
+        os.close(fd)
+
+
+def _syncfs(fd: int) -> None:
+    """syncfs(2): write back everything of the filesystem holding `fd`.
+
+    One call per unpacked layer instead of an fsync per file: a layer is named
+    by its verified diff_id and never checked again, so it must not be
+    renamed into place before its files' data is on disk (after a crash,
+    delayed allocation would otherwise leave empty files under a trusted name).
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 class Image:
     """One stored image: its manifest digest, manifest, config and layers."""
 
@@ -195,7 +287,10 @@ class Image:
             raise ImageError(f"manifest {digest} is not a JSON object")
         cfg = self.manifest.get("config") or {}
         self.config_digest: str = cfg.get("digest", "")
-        self.config = store.read_json(self.config_digest)
+        config = store.read_json(self.config_digest)
+        if config is not None and not isinstance(config, dict):
+            raise ImageError(f"image config {self.config_digest} is not a JSON object")
+        self.config: dict | None = config
         self.layers: list[dict] = list(self.manifest.get("layers") or [])
         self.diff_ids: list[str] = list(((self.config or {}).get("rootfs") or {}).get("diff_ids") or [])
 
@@ -326,6 +421,34 @@ class Store:
             return []
         return ["sha256:" + n for n in names if len(n) == 64 and set(n) <= _HEX]
 
+    def _layer_tmp(self) -> tuple[str, int]:
+        """A new directory in tmp/ to unpack a layer into, and its fd, flocked so gc leaves it alone."""
+        os.makedirs(self.tmp_dir, exist_ok=True)
+        _spread_subdirs(self.tmp_dir)
+        os.makedirs(self.layers_dir, exist_ok=True)
+        tmp = os.path.join(self.tmp_dir, "layer-" + os.urandom(8).hex())
+        os.mkdir(tmp, 0o755)
+        lock = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(lock)
+            os.rmdir(tmp)
+            raise
+        return tmp, lock
+
+    def _install_layer(self, tmp: str, diff_id: str) -> bool:
+        """Rename a synced, verified tree to layers/<diff_id>; False if another unpack won."""
+        try:
+            os.rename(tmp, self.layer_path(diff_id))
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            _rmtree(tmp)  # another unpack of the same layer won
+            return False
+        _fsync_dir(self.layers_dir)
+        return True
+
     def unpack_layer_stream(self, stream: BinaryIO, diff_id: str) -> tuple[str, bool]:
         """Unpack a layer blob read from `stream` into layers/<diff_id>.
 
@@ -338,28 +461,16 @@ class Store:
         final = self.layer_path(diff_id)
         if os.path.isdir(final):
             return final, False
-        os.makedirs(self.tmp_dir, exist_ok=True)
-        os.makedirs(self.layers_dir, exist_ok=True)
-        tmp = os.path.join(self.tmp_dir, "layer-" + os.urandom(8).hex())
-        os.mkdir(tmp, 0o755)
-        lock = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        tmp, lock = self._layer_tmp()
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # gc leaves it alone while we work
             try:
                 got = _unpack.unpack(stream, tmp)
                 if got != diff_id:
                     raise ImageError(f"layer diff_id mismatch: the image config says {diff_id}, "
                                      f"the layer's content is {got}")
-                os.chmod(tmp, 0o755)
-                try:
-                    os.rename(tmp, final)
-                except OSError as e:
-                    if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                        raise
-                    _rmtree(tmp)  # another unpack of the same layer won
-                    return final, False
-                _fsync_dir(self.layers_dir)
-                return final, True
+                os.fchmod(lock, 0o755)
+                _syncfs(lock)
+                return final, self._install_layer(tmp, diff_id)
             except BaseException:
                 _rmtree(tmp)
                 raise
@@ -375,6 +486,58 @@ class Store:
                 return self.unpack_layer_stream(f, diff_id)
             except ImageError as e:
                 raise ImageError(f"layer {blob_digest}: {e}") from None
+
+    def ingest_layer(self, stream: BinaryIO, digest: str, size: int, diff_id: str) -> tuple[bool, bool]:
+        """Store a layer blob read from `stream` and unpack it, in one pass; (blob created, layer created).
+
+        Every byte read is hashed and written to a tmp file, inflated, hashed
+        again and extracted into a tmp directory. Only when the blob matches
+        `digest` and `size` and its content `diff_id` is anything named: the
+        layer synced, the blob committed, then the layer renamed into place.
+        A mismatch, a bad archive or an interruption leaves neither. A bad
+        archive is reported after reading the blob to its end: a digest
+        mismatch, if there is one, is the cause to report. A layer already
+        present is not unpacked again (the blob is still stored).
+        """
+        from hanok.images import unpack as _unpack
+
+        w = self.ingest(digest, size)
+        tee = _Tee(stream, w, digest)
+        try:
+            if os.path.isdir(self.layer_path(diff_id)):
+                tee.drain()
+                w.commit()
+                return w.created, False
+            tmp, lock = self._layer_tmp()
+            try:
+                try:
+                    got = _unpack.unpack(tee, tmp)  # type: ignore[arg-type]
+                except ImageError as e:
+                    tee.drain()
+                    w.verify()
+                    raise ImageError(f"layer {digest}: {e}") from None
+                tee.drain()
+                w.verify()
+                if got != diff_id:
+                    raise ImageError(f"layer {digest}: layer diff_id mismatch: the image config says {diff_id}, "
+                                     f"the layer's content is {got}")
+                os.fchmod(lock, 0o755)
+                _syncfs(lock)  # the blob's and the layer's data, before either gets its name
+                w.commit()
+                try:
+                    return w.created, self._install_layer(tmp, diff_id)
+                except BaseException:
+                    if w.created:
+                        self.remove_blob(digest)
+                    raise
+            except BaseException:
+                if os.path.lexists(tmp):
+                    _rmtree(tmp)
+                raise
+            finally:
+                os.close(lock)
+        finally:
+            w.abort()  # no-op after a commit
 
     def remove_layer(self, diff_id: str) -> bool:
         path = self.layer_path(diff_id)

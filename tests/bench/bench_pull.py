@@ -15,10 +15,19 @@ iteration, each into fresh empty dirs (made and removed outside the clock):
   inflate        single-core zlib inflate (zlib.decompressobj(16 + MAX_WBITS)) of
                  the same compressed layer blobs, already in memory, summed over
                  the layers: the practical limit of any single-threaded unpack
+  file create    the layers' directories and regular files (with their data, taken
+                 from memory) created in a fresh plain directory by one thread with
+                 bare mkdir/open/write/close: what the filesystem alone costs an
+                 unpacker here. On an ext4 without a journal (this VM's) creating
+                 inodes soon after many were deleted is slow: the kernel skips the
+                 group's recently deleted inodes one by one. hanok's store marks
+                 its tmp/ `chattr +T` so each layer tree gets a group of its own
+                 (see store._spread_subdirs); this row and umoci do not.
 
-The three are alternated A B C A B C so a shared machine's noise hits all alike;
-only medians (and min/max) and the ratios hanok/(skopeo+umoci) and
-hanok/inflate are printed, never a pass/fail threshold (TESTING.md).
+The four are alternated A B C D A B C D so a shared machine's noise hits all
+alike; only medians (and min/max) and the ratios hanok/(skopeo+umoci),
+hanok/inflate and hanok/create are printed, never a pass/fail threshold
+(TESTING.md).
 """
 from __future__ import annotations
 
@@ -42,9 +51,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "integration"))   # registry_fixture
-from registry_fixture import REGISTRY_BIN, Registry  # noqa: E402
-
 from bench_oci import mounts_under  # noqa: E402  (same directory: one copy of the helper)
+from registry_fixture import REGISTRY_BIN, Registry  # noqa: E402
 
 REPO_TAG = "bench/img:1"
 WARMUP = 1                 # uncounted iterations: imports, page cache, registry caches
@@ -212,6 +220,21 @@ class Bench:
         self.layers, self.policy = layers, policy
         self.blobs = [(layout / "blobs" / "sha256" / ly["descriptor"]["digest"].split(":", 1)[1]).read_bytes()
                       for ly in layers]
+        self.trees = [self._tree(blob) for blob in self.blobs]
+
+    @staticmethod
+    def _tree(blob: bytes) -> list[tuple[str, bytes | None]]:
+        """A layer's directories (None) and regular files (their data), in tar order, for `create`."""
+        out: list[tuple[str, bytes | None]] = []
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+            for member in tar:
+                if member.isdir():
+                    out.append((member.name, None))
+                elif member.isreg():
+                    src = tar.extractfile(member)
+                    assert src is not None
+                    out.append((member.name, src.read()))
+        return out
 
     def fresh(self, name: str) -> Path:
         path = self.tmp / name
@@ -264,9 +287,33 @@ class Bench:
             raise BenchError(f"inflate produced {out} bytes, want {want}")
         return {"zlib inflate": total}
 
+    def create(self, i: int) -> dict[str, int]:
+        root = self.fresh(f"create-{i}")
+        root.mkdir()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            t0 = time.perf_counter_ns()
+            for n, tree in enumerate(self.trees):
+                top = root / str(n)
+                os.mkdir(top)
+                for name, data in tree:
+                    path = os.path.join(top, name)
+                    if data is None:
+                        os.makedirs(path, exist_ok=True)
+                        continue
+                    fd = os.open(path, flags, 0o644)
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.close(fd)
+            ns = time.perf_counter_ns() - t0
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return {"file create": ns}
+
     def measure(self, pairs: int, warmup: int) -> dict[str, list[int]]:
         samples: dict[str, list[int]] = {}
-        steps = (self.hanok, self.skopeo_umoci, self.inflate)
+        steps = (self.hanok, self.skopeo_umoci, self.inflate, self.create)
         for i in range(warmup + pairs):
             tag = "warm-up" if i < warmup else f"{i - warmup + 1}/{pairs}"
             for step in steps:
@@ -278,7 +325,7 @@ class Bench:
         return samples
 
 
-ROWS = ("hanok pull", "skopeo copy", "umoci unpack", "skopeo+umoci", "zlib inflate")
+ROWS = ("hanok pull", "skopeo copy", "umoci unpack", "skopeo+umoci", "zlib inflate", "file create")
 
 
 def summarize(samples: dict[str, list[int]]) -> tuple[list[dict[str, object]], dict[str, float]]:
@@ -289,13 +336,14 @@ def summarize(samples: dict[str, list[int]]) -> tuple[list[dict[str, object]], d
              "min_s": s(min(samples[key])), "max_s": s(max(samples[key]))} for key in ROWS]
     med = {key: statistics.median(samples[key]) for key in ROWS}
     ratios = {"hanok/(skopeo+umoci)": round(med["hanok pull"] / med["skopeo+umoci"], 2),
-              "hanok/inflate": round(med["hanok pull"] / med["zlib inflate"], 2)}
+              "hanok/inflate": round(med["hanok pull"] / med["zlib inflate"], 2),
+              "hanok/create": round(med["hanok pull"] / med["file create"], 2)}
     return rows, ratios
 
 
 def print_table(report: dict) -> None:
     img = report["image"]
-    print(f"hanok pull vs skopeo copy + umoci unpack vs zlib inflate, {report['pairs']} alternated "
+    print(f"hanok pull vs skopeo copy + umoci unpack vs zlib inflate vs file create, {report['pairs']} alternated "
           f"iterations (+{report['warmup']} warm-up), medians")
     print(f"image: {img['layers']} gzip layers, {img['compressed_mb']} MB compressed, "
           f"{img['uncompressed_mb']} MB uncompressed, {img['files']} files ({img['entries']} tar entries)")
@@ -311,7 +359,8 @@ def print_table(report: dict) -> None:
     for name, value in report["ratios"].items():
         print(f"{name} = {value}")
     print("\nratios are of medians (< 1 means hanok is faster); skopeo+umoci = median of per-iteration "
-          "sums; inflate = single-core zlib over the compressed layers, in memory (the practical limit)")
+          "sums; inflate = single-core zlib over the compressed layers, in memory (the practical limit); "
+          "create = the same directories and files written from memory by one thread (the filesystem's share)")
 
 
 # ------------------------------------------------------------------ setup, cleanup

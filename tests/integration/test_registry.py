@@ -22,6 +22,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -101,7 +102,7 @@ def write_multiarch(layout: Path, base: list[bytes], tag: str) -> dict:
 def skopeo_push(layout: Path, tag: str, dest: str, *extra: str) -> str:
     """Push with skopeo; returns the digest of the manifest (or index) as pushed."""
     digestfile = layout.with_name(layout.name + ".digest")
-    subprocess.run([SKOPEO, "copy", "--insecure-policy", "--dest-tls-verify=false", "--digestfile",
+    subprocess.run([str(SKOPEO), "copy", "--insecure-policy", "--dest-tls-verify=false", "--digestfile",
                     str(digestfile), *extra, f"oci:{layout}:{tag}", f"docker://{dest}"],
                    check=True, capture_output=True, timeout=120)
     return digestfile.read_text().strip()
@@ -257,6 +258,92 @@ def test_second_pull_downloads_nothing(env: Env, store: Store, proxy: Proxy) -> 
     assert [e[0] for e in proxy.log] == ["GET"] and "/manifests/1" in proxy.log[0][1]
     assert listing(store) == before
     print(f"pull of the busybox test image: cold {cold * 1000:.0f} ms, warm {warm * 1000:.0f} ms")
+
+
+def test_layers_stream_in_one_pass(env: Env, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh pull never re-reads a stored blob to unpack it: download and unpack are one pass."""
+    def unpack_from_store(*args: object) -> None:
+        raise AssertionError("a layer was unpacked from its stored blob")
+
+    monkeypatch.setattr(store, "unpack_layer", unpack_from_store)
+    ref = f"{env.plain.host}/test/busybox:1"
+    assert registry.pull(store, ref) == ref
+    img = store.image(ref)
+    assert sorted(store.layers()) == sorted(img.diff_ids)
+    assert all(store.has_blob(layer["digest"]) for layer in img.layers)
+    assert (Path(img.layer_dirs()[0]) / "bin" / "busybox").read_bytes() == BUSYBOX.read_bytes()
+    assert os.listdir(store.tmp_dir) == []
+    # on ext2/3/4, layer trees made in tmp/ are spread over block groups (chattr +T)
+    attrs = subprocess.run(["lsattr", "-d", store.tmp_dir], capture_output=True, text=True)
+    if attrs.returncode == 0:  # lsattr fails on filesystems without these flags
+        assert "T" in attrs.stdout.split()[0]
+
+
+def test_only_what_the_store_lacks_is_fetched(env: Env, store: Store, proxy: Proxy) -> None:
+    ref = f"{proxy.host}/test/busybox:1"
+    registry.pull(store, ref)
+    img = store.image(ref)
+    blob, diff_id = img.layers[0]["digest"], img.diff_ids[0]
+    # a layer directory gone, its blob kept: unpacked again from the blob, nothing downloaded
+    store.remove_layer(diff_id)
+    proxy.log.clear()
+    registry.pull(store, ref)
+    assert proxy.blob_gets() == []
+    assert (Path(store.layer_path(diff_id)) / "bin" / "busybox").read_bytes() == BUSYBOX.read_bytes()
+    # a blob gone, its layer kept: that blob alone is downloaded, the layer left as it is
+    inode = os.stat(store.layer_path(diff_id)).st_ino
+    store.remove_blob(blob)
+    proxy.log.clear()
+    registry.pull(store, ref)
+    assert [e[1].rsplit("/", 1)[1] for e in proxy.blob_gets()] == [blob]
+    assert store.has_blob(blob) and os.stat(store.layer_path(diff_id)).st_ino == inode
+    assert os.listdir(store.tmp_dir) == []
+
+
+def _push_raw(env: Env, name: str, layers: list[tuple[bytes, str]]) -> str:
+    """Push test/<name>:1 with layer blobs and diff_ids exactly as given (right or wrong); returns the ref."""
+    layout = env.work / f"{name}-layout"
+    layout.mkdir()
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    descs = [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **_blob(layout, b)} for b, _ in layers]
+    plat = archive.host_platform()
+    cfg = {"architecture": plat["architecture"], "os": plat["os"], "config": {},
+           "rootfs": {"type": "layers", "diff_ids": [d for _, d in layers]}}
+    cfg_desc = {"mediaType": "application/vnd.oci.image.config.v1+json", **_blob(layout, json.dumps(cfg).encode())}
+    manifest = {"schemaVersion": 2, "mediaType": MT_MANIFEST, "config": cfg_desc, "layers": descs}
+    man = _blob(layout, json.dumps(manifest).encode())
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": MT_MANIFEST, **man, "annotations": {"org.opencontainers.image.ref.name": "t"}}]}))
+    skopeo_push(layout, "t", f"{env.plain.host}/test/{name}:1")
+    return f"{env.plain.host}/test/{name}:1"
+
+
+def _layer(tar: bytes) -> tuple[bytes, str]:
+    return gzip.compress(tar, 6, mtime=0), "sha256:" + hashlib.sha256(tar).hexdigest()
+
+
+@pytest.mark.parametrize("case", ["escape", "diff-id", "bad-gzip", "bad-tar"])
+def test_bad_layer_leaves_neither_blob_nor_layer(env: Env, store: Store, case: str) -> None:
+    good = _layer(_tar({"fine": b"ok\n" * 1000}))
+    if case == "escape":
+        bad, match = _layer(_tar({"../escaped": b"x"})), r"layer entry '\.\./escaped': .*'\.\.'"
+    elif case == "diff-id":
+        bad, match = (_layer(_tar({"a": b"a"}))[0], "sha256:" + "0" * 64), "diff_id mismatch"
+    elif case == "bad-gzip":
+        gz = bytearray(gzip.compress(_tar({"a": os.urandom(5000)}), 6, mtime=0))
+        gz[20:40] = b"\xff" * 20
+        bad, match = (bytes(gz), "sha256:" + "1" * 64), "not valid gzip data"
+    else:
+        bad, match = (gzip.compress(b"not a tar archive" * 100), "sha256:" + "2" * 64), "not a valid tar archive"
+    ref = _push_raw(env, f"bad-{case}", [good, bad])
+    before = listing(store)
+    with pytest.raises(ImageError, match=match) as err:
+        registry.pull(store, ref)
+    assert str(err.value).startswith(f"layer sha256:{hashlib.sha256(bad[0]).hexdigest()}: ")
+    assert "\n" not in str(err.value)
+    assert_clean(store, before)
+    assert not store.has_blob("sha256:" + hashlib.sha256(bad[0]).hexdigest())
+    assert not (env.work / "escaped").exists()
 
 
 def test_pull_by_digest(env: Env, store: Store) -> None:
@@ -477,9 +564,9 @@ def test_progress_and_no_requests_import_at_module_load(env: Env, store: Store) 
     img = store.image(f"{env.plain.host}/test/busybox:1")
     assert {layer["digest"] for layer in img.layers} <= set(seen)
     assert all(done == total for done, total in seen.values())
-    out = subprocess.run([os.sys.executable, "-c", "import sys, hanok.images.registry; "
+    out = subprocess.run([sys.executable, "-c", "import sys, hanok.images.registry; "
                           "print('requests' in sys.modules)"], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in os.sys.path if p)})
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
     assert out.stdout.strip() == "False", out.stderr
 
 

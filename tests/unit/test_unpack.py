@@ -274,7 +274,7 @@ def _sentinel_intact(outside: Path) -> None:
     assert os.lstat(outside / "sentinel").st_nlink == 1
 
 
-def _hostile_cases(outside: Path) -> list[tuple[str, list[Entry], Callable[[Path], None] | None]]:
+def _hostile_cases(outside: Path) -> list[tuple[str, list[Entry], Callable[[Path], object] | None]]:
     """(id, entries, check of the layer when contained; None = must be rejected)."""
     out = str(outside)
     return [
@@ -378,3 +378,131 @@ def test_open_file_in_root_is_confined(tmp_path: Path) -> None:
     with unpack.Root(str(root)) as r:
         with os.fdopen(r.open_file("/etc/passwd"), "rb") as f:
             assert f.read() == b"inside"
+
+
+# ------------------------------------------------------------------ our tar reader
+
+
+def _patch_header(data: bytes, offset: int, field: slice, value: bytes) -> bytes:
+    """`data` with one header field replaced and that header's checksum recomputed."""
+    block = bytearray(data[offset:offset + 512])
+    block[field] = value.ljust(field.stop - field.start, b"\0")
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return data[:offset] + bytes(block) + data[offset + 512:]
+
+
+def test_pax_fractional_mtime_global_header_and_ustar_prefix(dirs: tuple[Path, Path]) -> None:
+    layer, _ = dirs
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT,
+                      pax_headers={"SCHILY.xattr.user.everywhere": "g"}) as tar:
+        info = tarfile.TarInfo("frac")
+        info.mtime = 1_600_000_000.25
+        tar.addfile(info, io.BytesIO(b""))
+    run(layer, buf.getvalue())
+    assert os.lstat(layer / "frac").st_mtime_ns == 1_600_000_000_250_000_000
+    try:
+        assert os.getxattr(layer / "frac", "user.everywhere") == b"g"  # from the global header
+    except OSError:
+        pass  # no user xattrs on this filesystem: the mtime part still ran
+    long = "p" * 90 + "/" + "q" * 90  # > 100 bytes: ustar splits it into prefix + name
+    (layer / "u").mkdir()
+    run(layer / "u", make_tar([("file", long, b"u")], fmt=tarfile.USTAR_FORMAT))
+    assert (layer / "u" / long).read_bytes() == b"u"
+
+
+def test_gnu_base256_numbers(dirs: tuple[Path, Path]) -> None:
+    layer, _ = dirs
+    run(layer, make_tar([("file", "old", b"o", 0o644, 0, 0, -86400)], fmt=tarfile.GNU_FORMAT))
+    assert os.lstat(layer / "old").st_mtime == -86400  # a negative mtime is base-256 in GNU tar
+
+
+def test_v7_directory_and_header_only_types(dirs: tuple[Path, Path]) -> None:
+    layer, _ = dirs
+    data = make_tar([("file", "v7dir/", b""), ("sym", "link", "target"), ("file", "after", b"after")])
+    data = _patch_header(data, 0, slice(156, 157), b"\0")      # old tar: type NUL, name ending in '/'
+    # a symlink whose header claims data: the size is ignored (GNU tar and Go do the same)
+    data = _patch_header(data, 512, slice(124, 136), b"%011o" % 1024)
+    run(layer, data)
+    assert (layer / "v7dir").is_dir()
+    assert os.readlink(layer / "link") == "target"
+    assert (layer / "after").read_bytes() == b"after"
+
+
+def test_sparse_files_are_rejected(dirs: tuple[Path, Path]) -> None:
+    layer, _ = dirs
+    data = _patch_header(make_tar([("file", "holes", b"x" * 600)]), 0, slice(156, 157), b"S")
+    with pytest.raises(ImageError, match="sparse files are not supported"):
+        run(layer, data)
+
+
+def test_bad_checksum_after_the_first_header(dirs: tuple[Path, Path]) -> None:
+    layer, _ = dirs
+    data = bytearray(make_tar([("file", "one", b"1"), ("file", "two", b"2")]))
+    data[1024 + 10] ^= 0xFF  # the second header's name
+    with pytest.raises(ImageError, match="bad header checksum at offset 1024"):
+        run(layer, bytes(data))
+
+
+def test_empty_stream_empty_layer_and_pax_size(dirs: tuple[Path, Path]) -> None:
+    layer, _ = dirs
+    with pytest.raises(ImageError, match="not a valid tar archive: empty file"):
+        run(layer, b"")
+    # docker's empty layer: two zero blocks, gzipped
+    assert run(layer, gzip.compress(bytes(1024))) == \
+        "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
+    assert os.listdir(layer) == []
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("sized")
+        info.size = 3
+        info.pax_headers = {"size": "3"}
+        tar.addfile(info, io.BytesIO(b"abc"))
+    run(layer, buf.getvalue())
+    assert (layer / "sized").read_bytes() == b"abc"
+
+
+def test_modes_creation_cannot_give(dirs: tuple[Path, Path]) -> None:
+    """Modes the umask would cut, special bits and read-only directories all come out exact."""
+    layer, _ = dirs
+    run(layer, make_tar([
+        ("file", "open", b"o", 0o666),
+        ("file", "sticky", b"s", 0o1755),
+        ("dir", "shared", 0o2775),
+        ("file", "shared/f", b"f", 0o640),
+        ("dir", "ro", 0o555),
+        ("file", "ro/inside", b"i", 0o444),
+        ("dir", "plain", 0o755),
+    ]))
+    modes = {p: stat.S_IMODE(os.lstat(layer / p).st_mode)
+             for p in ("open", "sticky", "shared", "shared/f", "ro", "ro/inside", "plain")}
+    assert modes == {"open": 0o666, "sticky": 0o1755, "shared": 0o2775, "shared/f": 0o640, "ro": 0o555,
+                     "ro/inside": 0o444, "plain": 0o755}
+    os.chmod(layer / "ro", 0o755)  # let the fixture clean up as non-root
+
+
+def test_many_directories_deep_paths_and_hardlinks_across_them(dirs: tuple[Path, Path]) -> None:
+    """More directories than the fd cache holds, a 150-deep path, hardlinks back to early ones."""
+    layer, _ = dirs
+    entries: list[Entry] = []
+    for i in range(200):
+        entries.append(("file", f"d{i}/f", f"{i}".encode()))
+    deep = "/".join(f"n{i}" for i in range(150))
+    entries.append(("file", f"{deep}/leaf", b"deep"))
+    for i in range(200):
+        entries.append(("hard", f"d{199 - i}/link", f"d{i}/f"))
+    run(layer, make_tar(entries))
+    for i in range(200):
+        assert (layer / f"d{199 - i}" / "link").read_bytes() == f"{i}".encode()
+        assert os.lstat(layer / f"d{i}" / "f").st_nlink == 2
+    assert (layer / deep / "leaf").read_bytes() == b"deep"
+
+
+def test_decompressed_reader_gives_the_tar(tmp_path: Path) -> None:
+    data = make_tar([("file", "a", os.urandom(300_000)), ("file", "b", b"b")])
+    for blob in (data, gzip.compress(data), gzip.compress(data[:1000]) + gzip.compress(data[1000:]) + bytes(64)):
+        stream = unpack.decompressed(io.BytesIO(blob))
+        out = stream.read(7) + stream.read(100_000)
+        out += stream.read()
+        assert out == data
