@@ -100,6 +100,11 @@ def controller_of(filename: str) -> str:
     return filename.split(".", 1)[0]
 
 
+# One validated OCI device rule: (allow, type "a"/"c"/"b", major, minor, access made of "rwm");
+# major and minor are None for "any". Type "a" means every device and every access, as in cgroup v1.
+DeviceRule = tuple[bool, str, int | None, int | None, str]
+
+
 # ------------------------------------------------------------------ validation
 
 
@@ -375,11 +380,14 @@ def _rdma(res: dict) -> str | None:
     return "\n".join(lines) or None
 
 
-def _devices(res: dict, v1: bool = True) -> tuple[list[str], list[str]]:
-    """Validated device rules as v1 lines: (leading deny lines, allow lines)."""
-    deny: list[str] = []
-    allow: list[str] = []
-    for i, rule in enumerate(_list(res, "devices", f"{P}.devices")):
+def device_rules(resources: dict) -> list[DeviceRule]:
+    """linux.resources.devices validated, in their order (later rules win).
+
+    cgroup v1 writes them to devices.deny/devices.allow; cgroup v2 has no such
+    files and compiles them into an eBPF program instead (devices_bpf.py).
+    """
+    rules: list[DeviceRule] = []
+    for i, rule in enumerate(_list(_check(resources), "devices", f"{P}.devices")):
         field = f"{P}.devices[{i}]"
         if not isinstance(rule, dict):
             raise SpecError(f"{field}: expected an object, got {_show(rule)}")
@@ -389,23 +397,33 @@ def _devices(res: dict, v1: bool = True) -> tuple[list[str], list[str]]:
         kind = rule.get("type") or "a"
         if kind not in ("a", "c", "b"):
             raise SpecError(f'{field}.type: must be "a", "c" or "b", got {_show(kind)}')
-        numbers = []
+        numbers: list[int | None] = []
         for key in ("major", "minor"):
             value = rule.get(key)
             if value is None or value == -1:
-                numbers.append("*")
-            elif _is_int(value) and value >= 0:
-                numbers.append(str(value))
+                numbers.append(None)
+            elif _is_int(value) and 0 <= value <= 0xFFFFFFFF:
+                numbers.append(value)
             else:
-                raise SpecError(f"{field}.{key}: must be a non-negative integer or -1 (any), got {_show(value)}")
+                raise SpecError(f"{field}.{key}: must be a non-negative 32-bit integer or -1 (any), "
+                                f"got {_show(value)}")
         access = rule.get("access") or "rwm"
         if not isinstance(access, str) or not set(access) <= set("rwm"):
             raise SpecError(f'{field}.access: must be made of "r", "w" and "m", got {_show(access)}')
-        line = f"{kind} {numbers[0]}:{numbers[1]} {access}"
+        rules.append((allowed, kind, numbers[0], numbers[1], access))
+    return rules
+
+
+def _devices_v1(res: dict) -> tuple[list[str], list[str]]:
+    """Device rules as cgroup v1 lines: (leading deny lines, allow lines)."""
+    deny: list[str] = []
+    allow: list[str] = []
+    for i, (allowed, kind, major, minor, access) in enumerate(device_rules(res)):
+        line = f"{kind} {'*' if major is None else major}:{'*' if minor is None else minor} {access}"
         if allowed:
             allow.append(line)
-        elif allow and v1:
-            raise CgroupError(f"{field}: a deny rule after an allow rule cannot be expressed with "
+        elif allow:
+            raise CgroupError(f"{P}.devices[{i}]: a deny rule after an allow rule cannot be expressed with "
                               f"cgroup v1 devices.deny/devices.allow; put deny rules first")
         else:
             deny.append(line)
@@ -446,8 +464,8 @@ def to_v2(resources: dict) -> dict[str, str]:
     """linux.resources -> {cgroup v2 file: value}, in write order."""
     res = _check(resources)
     out: dict[str, str] = {}
-    _devices(res, v1=False)  # validated; device access on v2 needs an eBPF program, and device nodes
-    # come from linux.devices anyway: the rules are accepted and not enforced here
+    device_rules(res)  # validated here; cgroup v2 has no devices files: V2Manager.apply compiles the
+    # rules into an eBPF program (devices_bpf.py) and attaches it to the cgroup
 
     mem = _memory(res)
     if mem["disable_oom"]:
@@ -610,7 +628,7 @@ def to_v1(resources: dict) -> dict[str, dict[str, str]]:
     if rdma:
         put("rdma", "rdma.max", rdma)
 
-    deny, allow = _devices(res)
+    deny, allow = _devices_v1(res)
     if deny:
         put("devices", "devices.deny", "\n".join(deny))
     if allow:

@@ -9,6 +9,8 @@ Follows Documentation/admin-guide/cgroup-v2.rst:
   the caller's cgroup (under its parent), as runc does;
 - cgroup.freeze (5.2+) freezes the subtree; cgroup.events says "frozen 1" once done;
 - cgroup.kill (5.14+) SIGKILLs every process in the subtree;
+- there are no devices.* files: device rules become an eBPF program attached
+  to the cgroup (devices_bpf.py);
 - a cgroup can be removed (rmdir) once it has no live processes and no children.
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import os
 
 from hanok.cgroups import CGROUP_ROOT, DEFAULT_PARENT, Manager, _io, resolve
-from hanok.cgroups.resources import controller_of, setting_of, to_v2
+from hanok.cgroups.resources import controller_of, device_rules, setting_of, to_v2
 from hanok.runtime.errors import CgroupError
 
 FREEZE_TIMEOUT = 5.0
@@ -106,9 +108,20 @@ class V2Manager(Manager):
         return set((_io.read_or(os.path.join(self.dir, "cgroup.controllers"), "") or "").split())
 
     def apply(self, resources: dict) -> None:
+        """Write the limits, then enforce the device rules with an eBPF program (replacing the previous one).
+
+        No device rules leave device access as it is, as cgroup v1 leaves devices.list.
+        """
         files = to_v2(resources)
-        if not files:
-            return
+        if files:
+            self._write(files)
+        rules = device_rules(resources)
+        if rules:
+            from hanok.cgroups import devices_bpf
+
+            devices_bpf.install(self.dir, rules)
+
+    def _write(self, files: dict[str, str]) -> None:
         needed = {controller_of(name) for name in files}
         available = self.controllers()
         if not needed <= available:
@@ -203,7 +216,10 @@ class V2Manager(Manager):
         return os.path.isdir(self.dir)
 
     def destroy(self) -> None:
-        """Remove the cgroup (leaf first), then the parents this manager made and hanok/ if empty."""
+        """Remove the cgroup (leaf first), then the parents this manager made and hanok/ if empty.
+
+        The kernel detaches and frees the device program with the cgroup: no bpf(2) call here.
+        """
         _io.rmdir(self.dir)
         for directory in reversed(self.created):
             if directory != self.dir:
