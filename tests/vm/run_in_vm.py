@@ -200,6 +200,8 @@ def pytest_shell(pytest_args: list[str], results: Path, python: str = sys.execut
         "PYTHONDONTWRITEBYTECODE": "1",   # the tree is read-only in the guest anyway
         "PYTHONUNBUFFERED": "1",
     }
+    if os.environ.get("PYTHONPATH"):  # testing a source tree that is not installed yet
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     argv = ["env", *(f"{k}={v}" for k, v in env.items()), python, "-m", "pytest",
             "-p", "no:cacheprovider", "--rootdir", str(rootdir), "-rA", *pytest_args]
     return " ".join(shlex.quote(a) for a in argv)
