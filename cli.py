@@ -746,20 +746,45 @@ def hanok_main() -> None:
         sys.exit(code)
 
     @hanok.command("create", context_settings={"allow_interspersed_args": False})
-    @click.argument("image")
+    @click.argument("image", required=False)
     @click.argument("command", nargs=-1)
     @run_options
+    @click.option("--pod", default=None, metavar="POD", help="create it in this pod (its namespaces and cgroup)")
+    @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+                  help="a CRI ContainerConfig (JSON or YAML, crictl's field names) instead of IMAGE and flags")
     @pass_app
-    def create_cmd(app: Application, image: str, command: tuple[str, ...], **kw: object) -> None:
+    def create_cmd(app: Application, image: str | None, command: tuple[str, ...], pod: str | None,
+                   config_path: str | None, **kw: object) -> None:
         """Create a container of IMAGE without starting it; prints its id.
+
+        With --pod and --config, a node agent's CreateContainer: the container
+        is described by a CRI ContainerConfig and joins the pod's network, IPC
+        and UTS namespaces and its cgroup; `start`, `stop` and `rm` work on it.
 
         \b
         Example:
           hanok create --name job busybox:local sh -c 'echo done'
           hanok start -a job
+          hanok create --pod web --config container.json
         """
         pull = kw["pull"] == "missing"
-        c = app.engine.create(make_options(image, command, dict(kw)), pull=pull)
+        if config_path is not None:
+            from hanok.runtime import pod as pods
+
+            if pod is None or image is not None:
+                raise click.UsageError("--config takes no IMAGE or COMMAND and needs --pod")
+            target = app.engine.pods.get(pod)
+            options, log_path = pods.container_from_cri_config(pods.load_document(config_path), target.record)
+            c = app.engine.pods.create_container(target, options, pull=pull, log_path=log_path)
+            click.echo(c.id)
+            return
+        if image is None:
+            raise click.UsageError("Missing argument 'IMAGE'.")
+        options = make_options(image, command, dict(kw))
+        if pod is not None:
+            c = app.engine.pods.create_container(app.engine.pods.get(pod), options, pull=pull)
+        else:
+            c = app.engine.create(options, pull=pull)
         click.echo(c.id)
 
     @hanok.command("start")
@@ -867,19 +892,26 @@ def hanok_main() -> None:
     @click.option("-q", "--quiet", is_flag=True, help="only ids")
     @click.option("--json", "as_json", is_flag=True, help="a JSON array (fields in the README)")
     @click.option("--no-trunc", is_flag=True, help="full ids and commands")
+    @click.option("--pod", default=None, metavar="POD", help="only the containers of this pod (implies -a)")
     @pass_app
-    def ps_cmd(app: Application, show_all: bool, quiet: bool, as_json: bool, no_trunc: bool) -> None:
+    def ps_cmd(app: Application, show_all: bool, quiet: bool, as_json: bool, no_trunc: bool,
+               pod: str | None) -> None:
         """List containers (running ones unless -a).
 
         \b
         Example:
           hanok ps -a
           hanok ps --json
+          hanok ps --pod web --json
         """
         import shlex
 
         rows = []
-        for c in app.engine.containers():
+        containers = app.engine.containers()
+        if pod is not None:
+            containers = app.engine.pods.get(pod).containers()
+            show_all = True
+        for c in containers:
             try:
                 rows.append(app.engine.summary(c))
             except NotFound:  # removed while we looked
@@ -969,18 +1001,34 @@ def hanok_main() -> None:
     @click.option("-e", "--env", multiple=True, metavar="KEY=VALUE", help="set an environment variable")
     @click.option("-w", "--workdir", default=None, help="working directory")
     @click.option("-u", "--user", default=None, help="USER[:GROUP]")
+    @click.option("--sync", is_flag=True, help="CRI ExecSync: no terminal, no stdin, run to completion")
+    @click.option("--timeout", type=float, default=None, metavar="SECONDS",
+                  help="with --sync: SIGKILL the command after this long and fail (exit 125)")
     @pass_app
     def exec_cmd(app: Application, container: str, command: tuple[str, ...], interactive: bool, tty: bool,
-                 detach: bool, env: tuple[str, ...], workdir: str | None, user: str | None) -> None:
+                 detach: bool, env: tuple[str, ...], workdir: str | None, user: str | None, sync: bool,
+                 timeout: float | None) -> None:
         """Run COMMAND in a running container; exit with its code.
+
+        --sync is a node agent's ExecSync: stdout and stderr are passed
+        through, hanok exits with the command's code; with --timeout a command
+        still running after SECONDS is killed and hanok fails with
+        `hanok: exec ... timed out after Ns and was killed`, exit 125.
 
         \b
         Example:
           hanok exec web cat /etc/hostname
           hanok exec -it web sh
+          hanok exec --sync --timeout 5 web-app sh -c 'test -f /ready'
         """
+        if timeout is not None and not sync:
+            raise click.UsageError("--timeout needs --sync")
+        if sync and (tty or interactive or detach):
+            raise click.UsageError("--sync takes no -i, -t or -d")
+        if timeout is not None and timeout <= 0:
+            raise click.BadParameter(f"{timeout:g}: must be positive", param_hint="--timeout")
         sys.exit(app.engine.exec(container, list(command), env=list(env), workdir=workdir, user=user,
-                                 tty=tty, detach=detach))
+                                 tty=tty, detach=detach, timeout=timeout))
 
     @hanok.command("stats")
     @click.argument("containers", metavar="[CONTAINER...]", nargs=-1)
@@ -1165,6 +1213,171 @@ def hanok_main() -> None:
         from hanok.netns import network
 
         each(names, lambda name: network.remove_network(app.store_root, app.run_root, name))
+
+    # ------------------------------------------------------------------ pods
+
+    @hanok.group("pod", cls=Group)
+    def pod_group() -> None:
+        """Pods for node agents: a sandbox of shared network, IPC and UTS namespaces, and its containers.
+
+        \b
+        Example:
+          hanok pod run -f pod.yaml --json
+          hanok pod ls
+          hanok pod rm -f web
+        """
+
+    @pod_group.command("run")
+    @click.option("-f", "--file", "manifest", default=None, type=click.Path(dir_okay=False),
+                  help="a Kubernetes Pod manifest (YAML or JSON): sandbox and containers")
+    @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+                  help="a CRI PodSandboxConfig (JSON or YAML, crictl's field names): the sandbox only")
+    @click.option("--network", "--net", "network", default="bridge", show_default=True,
+                  help="bridge (the default network), none, or a network name")
+    @click.option("--json", "as_json", is_flag=True, help='print {"id", "name", "ip", "containers": [{"name", "id"}]}')
+    @pass_app
+    def pod_run_cmd(app: Application, manifest: str | None, config_path: str | None, network: str,
+                    as_json: bool) -> None:
+        """Run a pod: its sandbox, then (with -f) every container, detached; prints the pod id.
+
+        Images missing from the store are pulled first. A failure half way
+        removes everything made. An invalid manifest is refused with the
+        offending field named (exit 125), before anything is made.
+
+        \b
+        Example:
+          hanok pod run -f pod.yaml
+          hanok pod run --network backend -f pod.yaml --json
+          hanok pod run --config sandbox.json
+        """
+        from hanok.runtime import pod as pods
+
+        if (manifest is None) == (config_path is None):
+            raise click.UsageError("give exactly one of -f/--file and --config")
+        if manifest is not None:
+            plan = pods.pod_from_manifest(pods.load_document(manifest))
+            target, containers = app.engine.pods.run(plan, network)
+        else:
+            plan = pods.pod_from_sandbox_config(pods.load_document(config_path))  # type: ignore[arg-type]
+            target, containers = app.engine.pods.create_sandbox(plan, network), []
+        if as_json:
+            echo_json({"id": target.id, "name": target.name, "ip": (target.record.get("network") or {}).get("ip"),
+                       "containers": [{"name": c.name, "id": c.id} for c in containers]})
+        else:
+            click.echo(target.id)
+
+    @pod_group.command("ls")
+    @click.option("-q", "--quiet", is_flag=True, help="only ids")
+    @click.option("--json", "as_json", is_flag=True, help="a JSON array (fields in the README)")
+    @click.option("--no-trunc", is_flag=True, help="full ids")
+    @pass_app
+    def pod_ls_cmd(app: Application, quiet: bool, as_json: bool, no_trunc: bool) -> None:
+        """List pods: ready while their sandbox is up, notready after `pod stop`.
+
+        \b
+        Example:
+          hanok pod ls
+          hanok pod ls --json
+        """
+        rows = []
+        for p in app.engine.pods.all():
+            try:
+                rows.append(app.engine.pods.summary(p))
+            except NotFound:  # removed while we looked
+                continue
+        rows.sort(key=lambda r: r["created"], reverse=True)
+        if as_json:
+            echo_json(rows)
+            return
+        if quiet:
+            for r in rows:
+                click.echo(r["id"] if no_trunc else r["id"][:12])
+            return
+        table = [("POD ID", "NAME", "STATUS", "CREATED", "IP", "CONTAINERS")]
+        for r in rows:
+            running = sum(1 for c in r["containers"] if c["state"] == "running")
+            table.append((r["id"] if no_trunc else r["id"][:12], r["name"], r["state"].capitalize(),
+                          ago(r["created"]), r["ip"] or "", f"{running}/{len(r['containers'])}"))
+        click.echo(_table(table))
+
+    @pod_group.command("inspect")
+    @click.argument("pods", metavar="POD...", nargs=-1, required=True)
+    @pass_app
+    def pod_inspect_cmd(app: Application, pods: tuple[str, ...]) -> None:
+        """Print pods as a JSON array: state, containers, network, namespaces, cgroup, volumes.
+
+        \b
+        Example:
+          hanok pod inspect web
+        """
+        echo_json([app.engine.pods.inspect(ref) for ref in pods])
+
+    @pod_group.command("stop")
+    @click.argument("pods", metavar="POD...", nargs=-1, required=True)
+    @click.option("-t", "--time", "timeout", type=float, default=10, show_default=True,
+                  help="seconds to wait after the stop signal before SIGKILL")
+    @pass_app
+    def pod_stop_cmd(app: Application, pods: tuple[str, ...], timeout: float) -> None:
+        """Stop pods (StopPodSandbox): their containers, then their network and namespaces.
+
+        \b
+        Example:
+          hanok pod stop -t 2 web
+        """
+        each(pods, lambda ref: app.engine.pods.stop(ref, timeout))
+
+    @pod_group.command("rm")
+    @click.argument("pods", metavar="POD...", nargs=-1, required=True)
+    @click.option("-f", "--force", is_flag=True, help="kill running containers first")
+    @pass_app
+    def pod_rm_cmd(app: Application, pods: tuple[str, ...], force: bool) -> None:
+        """Remove pods: containers, namespaces, network endpoint, cgroup, volumes, record.
+
+        \b
+        Example:
+          hanok pod rm -f web
+        """
+        each(pods, lambda ref: app.engine.pods.remove(ref, force=force))
+
+    @pod_group.command("logs")
+    @click.argument("pod")
+    @click.option("-c", "--container", default=None, help="the container's name in the pod")
+    @click.option("-f", "--follow", is_flag=True, help="keep printing new output until the container exits")
+    @click.option("-n", "--tail", default="all", show_default=True, help="only the last N lines")
+    @click.option("-t", "--timestamps", is_flag=True, help="prefix each line with its time")
+    @pass_app
+    def pod_logs_cmd(app: Application, pod: str, container: str | None, follow: bool, tail: str,
+                     timestamps: bool) -> None:
+        """Print the stdout and stderr of a pod's container (-c NAME when it has several).
+
+        \b
+        Example:
+          hanok pod logs web -c app --tail 20
+        """
+        from hanok.runtime import logs
+
+        target = app.engine.pods.get(pod)
+        if tail != "all" and not tail.isdigit():
+            raise click.BadParameter(f"{tail!r}: expected a number or all", param_hint="--tail")
+        members = target.containers()
+        if container is not None:
+            members = [c for c in members if c.name == f"{target.name}-{container}"]
+            if not members:
+                raise NotFound(f"pod {target.name} has no container {container}")
+        elif len(members) != 1:
+            names = ", ".join(sorted(c.name[len(target.name) + 1:] for c in members)) or "none"
+            raise click.UsageError(f"pod {target.name} has {len(members)} containers ({names}): choose one with -c")
+        c = members[0]
+
+        def stopped() -> bool:
+            return not c.status()["running"]
+
+        out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+        for stream, data in logs.read(c.path("ctr.log"), tail=None if tail == "all" else int(tail),
+                                      timestamps=timestamps, follow=follow, stop=stopped):
+            target_stream = out.get(stream, sys.stdout.buffer)
+            target_stream.write(data)
+            target_stream.flush()
 
     # ------------------------------------------------------------------ images
 

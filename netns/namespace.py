@@ -56,7 +56,7 @@ def list_names(run_dir: str) -> list[str]:
         return []
 
 
-def _make_dir_shared(netns_dir: str) -> None:
+def make_dir_shared(netns_dir: str) -> None:
     """mount --make-shared DIR, bind-mounting DIR on itself first if it is no mount point."""
     os.makedirs(netns_dir, mode=0o755, exist_ok=True)
     try:
@@ -93,7 +93,7 @@ def create(run_dir: str, name: str) -> str:
     a crash between creating the file and binding it is reused.
     """
     target = path(run_dir, name)
-    _make_dir_shared(_dir(run_dir))
+    make_dir_shared(_dir(run_dir))
     try:
         os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
     except FileExistsError:

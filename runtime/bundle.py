@@ -139,7 +139,11 @@ class RunOptions:
     interactive: bool = False
     auto_remove: bool = False
     labels: dict[str, str] = field(default_factory=dict)
-    pod: str | None = None
+    pod: str | None = None                                 # the pod whose namespaces and cgroup it joins
+    memory_reservation: str | None = None                  # a soft limit (a Kubernetes memory request)
+    cpu_shares: int | None = None                          # relative CPU weight (a Kubernetes cpu request)
+    no_new_privileges: bool = False                        # allowPrivilegeEscalation: false
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 def parse_size(text: str, what: str) -> int:
@@ -212,12 +216,16 @@ def tmpfs_mount(spec: str) -> dict:
 
 def image_spec(image_config: dict, layer_dirs_top_first: list[str], opts: RunOptions, *, hostname: str,
                netns_path: str | None, etc_files: dict[str, str],
-               named_volume_dir: "Callable[[str], str]", annotations: dict[str, str]) -> dict:
+               named_volume_dir: "Callable[[str], str]", annotations: dict[str, str],
+               joined_namespaces: dict[str, str] | None = None, cgroups_path: str | None = None) -> dict:
     """config.json for a container of this image with these options.
 
     `netns_path`: the network namespace the engine set up (None: the host's
     network, `--network host`). `etc_files`: container path -> host file to
     bind-mount (/etc/hosts, /etc/resolv.conf, /etc/hostname), as docker does.
+    `joined_namespaces`: OCI namespace type -> path of one to join instead of
+    a new one (a pod's ipc and uts). `cgroups_path`: linux.cgroupsPath (a pod
+    puts its containers under its own cgroup); None: the runtime's default.
     """
     from hanok.images import overlay
 
@@ -234,7 +242,8 @@ def image_spec(image_config: dict, layer_dirs_top_first: list[str], opts: RunOpt
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     nofile = 1048576 if hard == resource.RLIM_INFINITY else min(1048576, hard)
     process["rlimits"] = [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}]
-    process["noNewPrivileges"] = False  # docker's default: setuid binaries in images keep working
+    # docker's default is False: setuid binaries in images keep working
+    process["noNewPrivileges"] = bool(opts.no_new_privileges)
     spec["process"] = process
     spec["root"] = {"path": "rootfs", "readonly": bool(opts.read_only)}
     spec["hostname"] = hostname
@@ -242,14 +251,26 @@ def image_spec(image_config: dict, layer_dirs_top_first: list[str], opts: RunOpt
     namespaces = [ns for ns in linux["namespaces"] if ns["type"] != "network"]
     if netns_path is not None:
         namespaces.append({"type": "network", "path": netns_path})
+    for ns in namespaces:
+        if ns["type"] in (joined_namespaces or {}):
+            ns["path"] = joined_namespaces[ns["type"]]  # type: ignore[index]
     linux["namespaces"] = namespaces
+    if cgroups_path is not None:
+        linux["cgroupsPath"] = cgroups_path
     resources: dict = {"devices": [{"allow": False, "access": "rwm"}]}
     if opts.memory:
         resources["memory"] = {"limit": parse_size(opts.memory, "--memory")}
+    if opts.memory_reservation:
+        resources.setdefault("memory", {})["reservation"] = parse_size(opts.memory_reservation,
+                                                                       "--memory-reservation")
     if opts.cpus is not None:
         if opts.cpus <= 0:
             raise InvalidArgument(f"--cpus {opts.cpus}: must be positive")
         resources["cpu"] = {"quota": int(opts.cpus * CPU_PERIOD), "period": CPU_PERIOD}
+    if opts.cpu_shares is not None:
+        if not 2 <= opts.cpu_shares <= 262144:
+            raise InvalidArgument(f"--cpu-shares {opts.cpu_shares}: must be 2-262144")
+        resources.setdefault("cpu", {})["shares"] = opts.cpu_shares
     if opts.pids_limit is not None:
         if opts.pids_limit == 0 or opts.pids_limit < -1:
             raise InvalidArgument(f"--pids-limit {opts.pids_limit}: must be positive (or -1 for unlimited)")
@@ -270,7 +291,7 @@ def image_spec(image_config: dict, layer_dirs_top_first: list[str], opts: RunOpt
         taken.add(m["destination"])
     spec["mounts"] = mounts
     extras = overlay.image_config_extras(image_config)
-    spec["annotations"] = {**extras["annotations"], **opts.labels, **annotations}
+    spec["annotations"] = {**extras["annotations"], **opts.labels, **opts.annotations, **annotations}
     return spec
 
 

@@ -171,6 +171,15 @@ class Engine:
         self.volumes_dir = os.path.join(self.store_root, "volumes")
         self.oci_root = os.path.join(self.run_root, "containers")
         self._store = None
+        self._pods = None
+
+    @property
+    def pods(self):  # -> hanok.runtime.pod.Pods
+        if self._pods is None:
+            from hanok.runtime.pod import Pods
+
+            self._pods = Pods(self)
+        return self._pods
 
     @property
     def store(self):  # -> hanok.images.store.Store
@@ -263,6 +272,14 @@ class Engine:
 
         if opts.network.startswith("container:"):
             self.get(opts.network.split(":", 1)[1])
+        if opts.pod is not None:
+            pod = self.pods.get(opts.pod)
+            if not pod.ready():
+                raise BadState(f"pod {pod.name} is not ready (stopped): its containers cannot start")
+            if opts.publish:
+                raise InvalidArgument("--publish: a pod's ports are published by the pod (hostPort), "
+                                      "not by its containers")
+            opts.pod, opts.network = pod.id, "pod"
         image = self.resolve_image(opts.image, pull=pull)
         missing = [d for d in image.diff_ids if not self.store.has_layer(d)]
         if missing:
@@ -308,6 +325,12 @@ class Engine:
     def _network_for(self, c: Container) -> dict | None:
         """Set up the network the options ask for; None for the host's network."""
         opts = c.options
+        if opts.pod is not None:  # the pod's namespace: set up by the pod, released with it
+            pod = self.pods.get(opts.pod)
+            if not pod.ready():
+                raise BadState(f"pod {pod.name} is not ready (stopped): its containers cannot start")
+            return {**(pod.record.get("network") or {}), "netns": pod.namespace_paths()["network"],
+                    "joined": pod.id}
         mode = opts.network
         if mode == "host":
             return None
@@ -348,7 +371,13 @@ class Engine:
                     "/etc/resolv.conf": "/etc/resolv.conf"}
         from hanok.netns import dns
 
-        return dns.write_files(c.path("etc"), hostname, net.get("ip") or "127.0.1.1")
+        files = dns.write_files(c.path("etc"), hostname, net.get("ip") or "127.0.1.1")
+        dns_config = self.pods.get(c.options.pod).record.get("dnsConfig") if c.options.pod is not None else None
+        if dns_config:  # a node agent's cluster DNS (CRI dns_config) replaces the host's resolvers
+            from hanok.runtime.pod import resolv_conf
+
+            state.write_atomic(files["/etc/resolv.conf"], resolv_conf(dns_config).encode(), 0o644)
+        return files
 
     def _prepare(self, c: Container) -> dict:
         """Root mounted, network up, config.json written; undone on failure. Returns run.json."""
@@ -370,10 +399,17 @@ class Engine:
 
                 undo.append(lambda: network.teardown(self.store_root, self.run_root, c.id))
             etc = self._etc_files(c, net)
+            joined: dict[str, str] = {}
+            cgroups_path = None
+            if c.options.pod is not None:
+                pod = self.pods.get(c.options.pod)
+                joined = {k: v for k, v in pod.namespace_paths().items() if k != "network"}
+                cgroups_path = f"{pod.cgroup_path.rstrip('/')}/{c.id}"
             spec = bundle.image_spec({"config": rec.get("imageConfig") or {}}, lowers, c.options,
                                      hostname=rec["hostname"], netns_path=(net or {}).get("netns"),
                                      etc_files=etc, named_volume_dir=self.volume_dir,
-                                     annotations={"io.github.hanok.name": c.name})
+                                     annotations={"io.github.hanok.name": c.name},
+                                     joined_namespaces=joined, cgroups_path=cgroups_path)
             state.write_atomic(os.path.join(c.bundle, "config.json"), jsonio.dumps(spec, indent=2).encode(), 0o644)
             return {"startedAt": _now(), "network": net}
         except BaseException:
@@ -636,8 +672,12 @@ class Engine:
     # ------------------------------------------------------------ exec
 
     def exec(self, ref: str, args: list[str], *, env: list[str] = (), workdir: str | None = None,  # type: ignore[assignment]
-             user: str | None = None, tty: bool = False, detach: bool = False) -> int:
-        """Run another process in a running container; its exit code (0 when detached)."""
+             user: str | None = None, tty: bool = False, detach: bool = False, timeout: float | None = None) -> int:
+        """Run another process in a running container; its exit code (0 when detached).
+
+        `timeout` (CRI ExecSync): past it the process is SIGKILLed and a
+        HanokError says so; its output so far has been passed through already.
+        """
         from hanok.runtime import container
 
         c = self.get(ref)
@@ -650,6 +690,10 @@ class Engine:
             who = overlay.resolve_user(user, c.rootfs)
             numeric = f"{who['uid']}:{who['gid']}"
         process = container.exec_spec(self.oci_root, c.id, list(args), list(env), workdir, numeric, tty, [], None)
+        if timeout is not None:
+            if tty or detach:
+                raise InvalidArgument("a timeout needs an exec that is waited for, without a terminal")
+            return container.exec_process(self.oci_root, c.id, process, wait=_waiter(timeout, " ".join(args)))
         if not tty:
             return container.exec_process(self.oci_root, c.id, process, detach=detach)
         if detach:
@@ -737,6 +781,8 @@ class Engine:
             from hanok.netns import network
         except ImportError:
             return report
+        report.update(self.pods.gc(grace_seconds))
+        running |= self.pods.live_ids()  # a pod's endpoint lives as long as its sandbox, not its containers
         done = network.gc(self.store_root, self.run_root, lambda owner: owner in running)
         for kind, items in sorted(done.items()):
             report["network"].extend(f"{kind} {item}" for item in items)
@@ -819,6 +865,26 @@ def _command_of(rec: dict) -> list[str]:
     if ep is not None:
         return list(ep) + list(opts.get("command") or [])
     return list(cfg.get("Entrypoint") or []) + list(opts.get("command") or cfg.get("Cmd") or [])
+
+
+def _waiter(timeout: float, what: str):  # -> Callable[[int], int]
+    """A wait for exec: the wait status, or SIGKILL after `timeout` seconds and an error saying so."""
+    def wait(pid: int) -> int:
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return status
+            if time.monotonic() >= deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                raise HanokError(f"exec {what!r} timed out after {timeout:g}s and was killed")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    return wait
 
 
 def _pid_alive(pid: int) -> bool:

@@ -9,6 +9,11 @@ work is timed, not network setup (bench_net.py times that). podman (Debian
 private /run and storage under a temp dir, exactly as tests/integration/
 test_callers.py sets it up. A B A B alternation in one run; medians, p90s and
 the hanok/podman ratio are printed, never a threshold.
+
+Then pod start (sandbox + 2 containers, issue 6's node-agent path): `hanok
+pod run -f pod.yaml` (two busybox `sleep` containers, `--network none`)
+against `podman pod create` + two `podman run -d --pod` (its infra container
+included, as podman starts pods), each pod removed untimed after its sample.
 """
 from __future__ import annotations
 
@@ -30,6 +35,13 @@ from test_callers import (CONTAINERS_CONF, IMAGE, POLICY, STORAGE_CONF, _ulimits
                           build_busybox_archive)
 
 WARMUP = 2
+POD_MANIFEST = """\
+metadata: {{name: {name}}}
+spec:
+  containers:
+  - {{name: a, image: {image}, command: [sleep, "1000"]}}
+  - {{name: b, image: {image}, command: [sleep, "1000"]}}
+"""
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
@@ -39,6 +51,29 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     if done.returncode != 0:
         raise SystemExit(f"failed: {' '.join(argv)}\n{done.stdout}{done.stderr}")
     return elapsed
+
+
+def pod_start(hanok: list[str], podman: list[str], env: dict[str, str], base: Path, pairs: int) -> None:
+    """Median time to a running pod of two containers, hanok against podman, alternated."""
+    samples: dict[str, list[float]] = {"hanok": [], "podman": []}
+    for i in range(WARMUP + pairs):
+        manifest = base / "pod.yaml"
+        manifest.write_text(POD_MANIFEST.format(name=f"bench{i}", image=IMAGE))
+        h = timed(hanok + ["pod", "run", "--network", "none", "-f", str(manifest)])
+        subprocess.run(hanok + ["pod", "rm", "-f", f"bench{i}"], check=True, capture_output=True)
+        p = timed(podman + ["pod", "create", "--name", f"bench{i}", "--network", "none"], env)
+        for name in ("a", "b"):
+            p += timed(podman + ["run", "-d", "--pod", f"bench{i}", "--name", f"bench{i}-{name}", IMAGE,
+                                 "sleep", "1000"], env)
+        subprocess.run(podman + ["pod", "rm", "-f", "-t", "0", f"bench{i}"], check=True, capture_output=True, env=env)
+        if i >= WARMUP:
+            samples["hanok"].append(h)
+            samples["podman"].append(p)
+    print(f"pod start (sandbox + 2 containers), {pairs} pairs (ms)")
+    for side, values in samples.items():
+        values.sort()
+        print(f"  {side:7} median {statistics.median(values):8.1f}   p90 {values[int(len(values) * 0.9) - 1]:8.1f}")
+    print(f"  hanok/podman {statistics.median(samples['hanok']) / statistics.median(samples['podman']):.2f}x")
 
 
 def podman_sandbox(base: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
@@ -68,6 +103,7 @@ def podman_sandbox(base: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=20)
+    parser.add_argument("--pod-pairs", type=int, default=10)
     parser.add_argument("--hanok", default=str(Path(sys.executable).parent / "hanok"))
     args = parser.parse_args()
     for tool in ("podman", "conmon", "runc", "unshare", "nsenter"):
@@ -102,12 +138,19 @@ def main() -> None:
             print(f"  {side:7} median {statistics.median(values):8.1f}   p90 {values[int(len(values) * 0.9) - 1]:8.1f}")
         ratio = statistics.median(samples["hanok"]) / statistics.median(samples["podman"])
         print(f"  hanok/podman {ratio:.2f}x (target <= 0.5x)")
+        pod_start(hanok, podman, env, base, args.pod_pairs)
     finally:
         if holder is not None:
             holder.kill()
             holder.wait()
+        for pod_id in subprocess.run([args.hanok, "--store", str(base / "store"), "--state", str(base / "state"),
+                                      "pod", "ls", "-q", "--no-trunc"], capture_output=True, text=True).stdout.split():
+            subprocess.run([args.hanok, "--store", str(base / "store"), "--state", str(base / "state"),
+                            "pod", "rm", "-f", pod_id], capture_output=True)
         subprocess.run([args.hanok, "--store", str(base / "store"), "--state", str(base / "state"),
                         "container", "prune"], capture_output=True)
+        for shared in ("netns", "pods"):  # self bind mounts, made once per run directory
+            subprocess.run(["umount", str(base / "state" / shared)], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
 
 
