@@ -263,6 +263,12 @@ def _dns_dir(run_dir: str, owner: str) -> str:
     return os.path.join(run_dir, "net", owner)
 
 
+def has_endpoint(state_root: str, run_dir: str, owner: str) -> bool:
+    """Whether anything of `owner`'s network may exist (its record or its namespace): a cheap
+    check that spares teardown's netlink work for owners that never had a network."""
+    return os.path.exists(_endpoint_path(state_root, owner)) or os.path.lexists(netns_path(run_dir, owner))
+
+
 def netns_path(run_dir: str, owner: str) -> str:
     """The namespace path of `owner`, for containers that join it (container:ID, pods)."""
     return namespace.path(run_dir, owner)

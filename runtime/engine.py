@@ -437,7 +437,10 @@ class Engine:
                     os.unlink(c.path(stale))
             run = self._prepare(c)
             try:
-                info = self._spawn_monitor(c, stdin_fd=0 if (attach and opts.interactive) else None)
+                # an attached CLI cleans up itself when the process exits (it has everything
+                # loaded already); a detached container's monitor runs `container cleanup`
+                info = self._spawn_monitor(c, stdin_fd=0 if (attach and opts.interactive) else None,
+                                           exit_command=not attach)
             except BaseException:
                 self._release(c, keep_run=False)
                 raise
@@ -448,27 +451,18 @@ class Engine:
             return c
         return self._follow_until_exit(c, info.pid)
 
-    def _spawn_monitor(self, c: Container, stdin_fd: int | None):
+    def _spawn_monitor(self, c: Container, stdin_fd: int | None, exit_command: bool):
         from hanok.runtime import container, monitor
 
         saved_stdin = os.dup(stdin_fd) if stdin_fd is not None else None
         oci_root, cid, bundle_dir = self.oci_root, c.id, c.bundle
-
-        def launch() -> int:
-            if saved_stdin is not None:
-                os.dup2(saved_stdin, 0)
-            pid = container.create(oci_root, cid, bundle_dir)
-            try:
-                container.start(oci_root, cid)
-            except BaseException:
-                container.delete(oci_root, cid, force=True)
-                raise
-            return pid
-
         tty = c.options.tty
         console = c.path("console.sock") if tty else None
 
-        def launch_with_console() -> int:
+        def launch() -> int:
+            """In the monitor: the container is its child, with the monitor's stdio (or the CLI's stdin)."""
+            if saved_stdin is not None:
+                os.dup2(saved_stdin, 0)
             pid = container.create(oci_root, cid, bundle_dir, console_socket=console)
             try:
                 container.start(oci_root, cid)
@@ -478,9 +472,10 @@ class Engine:
             return pid
 
         try:
-            return monitor.spawn(launch=launch_with_console if tty else launch, log_path=c.path(LOG),
-                                 exit_path=c.path(EXIT), terminal=tty, console_socket_path=console,
-                                 exit_command=self.cli_command("container", "cleanup", c.id))
+            return monitor.spawn(launch=launch, log_path=c.path(LOG), exit_path=c.path(EXIT), terminal=tty,
+                                 console_socket_path=console,
+                                 exit_command=self.cli_command("container", "cleanup", c.id) if exit_command
+                                 else None)
         finally:
             if saved_stdin is not None:
                 os.close(saved_stdin)
@@ -506,7 +501,7 @@ class Engine:
         ended: dict | None = None
 
         def finished() -> bool:
-            # read now: the monitor's cleanup removes a --rm container right after
+            # exit.json appears only once the monitor has drained the log (monitor.py)
             nonlocal ended
             ended = c.read_json(EXIT)
             return ended is not None or not _pid_alive(monitor_pid)
@@ -516,7 +511,7 @@ class Engine:
             target = out.get(stream, sys.stdout.buffer)
             target.write(data)
             target.flush()
-        _wait_monitor(monitor_pid)
+        self.cleanup(c.id)  # the monitor has no exit command for attached runs: see start()
         if ended is None or ended.get("exitCode") is None:
             raise HanokError(f"container {c.name}: its monitor exited without recording an exit code")
         return int(ended["exitCode"])
@@ -638,12 +633,10 @@ class Engine:
             container.delete(self.oci_root, c.id, force=True)
         net = (c.read_json(RUN) or {}).get("network")
         if net is None or not net.get("joined"):
-            try:
-                from hanok.netns import network
+            from hanok.netns import network
 
+            if network.has_endpoint(self.store_root, self.run_root, c.id):  # else skip loading netlink
                 network.teardown(self.store_root, self.run_root, c.id)
-            except ImportError:
-                pass
         overlay.unmount(c.rootfs)
         if not keep_run:
             with contextlib.suppress(FileNotFoundError):
@@ -902,15 +895,6 @@ def _pid_alive(pid: int) -> bool:
         return data[data.rindex(b")") + 2:data.rindex(b")") + 3] != b"Z"
     except (OSError, ValueError):
         return False
-
-
-def _wait_monitor(pid: int) -> None:
-    """Reap the monitor if it is our child (it is, for attached runs)."""
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        while _pid_alive(pid):
-            time.sleep(0.02)
 
 
 def _rmtree(path: str) -> None:
