@@ -569,11 +569,16 @@ class _PullProgress:
 def hanok_main() -> None:
     """Entry point of `hanok`, the CLI for people and node agents (click).
 
-    Networks and pods arrive with their issues; today it makes bundles and
-    runs them, and manages images. Exit codes as docker's: 125 when hanok
-    itself fails, 126/127 when the command cannot be invoked / is not found,
-    else the container's own code; 2 for usage errors (click's).
+    Exit codes as docker's: 125 when hanok itself fails, 126/127 when the
+    command cannot be invoked / is not found, else the container's own code;
+    2 for usage errors (click's). Shell completion is click's:
+    `eval "$(_HANOK_COMPLETE=bash_source hanok)"`.
     """
+    hanok_cli()(prog_name="hanok")
+
+
+def hanok_cli():  # -> click.Group
+    """The `hanok` click group with every command (built on call: click is imported only here)."""
     import click
 
     from hanok.runtime.errors import HanokError, NotFound
@@ -626,7 +631,12 @@ def hanok_main() -> None:
 
     @hanok.group("bundle")
     def bundle_group() -> None:
-        """Make OCI bundles (config.json + rootfs)."""
+        """Make OCI bundles (config.json + rootfs).
+
+        \b
+        Example:
+          hanok bundle busybox /tmp/demo
+        """
 
     @bundle_group.command("busybox")
     @click.argument("directory", type=click.Path(file_okay=False))
@@ -750,7 +760,7 @@ def hanok_main() -> None:
     @click.argument("command", nargs=-1)
     @run_options
     @click.option("--pod", default=None, metavar="POD", help="create it in this pod (its namespaces and cgroup)")
-    @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+    @click.option("-f", "--config", "config_path", default=None, type=click.Path(dir_okay=False),
                   help="a CRI ContainerConfig (JSON or YAML, crictl's field names) instead of IMAGE and flags")
     @pass_app
     def create_cmd(app: Application, image: str | None, command: tuple[str, ...], pod: str | None,
@@ -1079,7 +1089,12 @@ def hanok_main() -> None:
 
     @hanok.group("container", cls=Group)
     def container_group() -> None:
-        """Container housekeeping."""
+        """Container housekeeping.
+
+        \b
+        Example:
+          hanok container prune
+        """
 
     @container_group.command("prune")
     @pass_app
@@ -1107,19 +1122,23 @@ def hanok_main() -> None:
 
     @hanok.command("gc")
     @click.option("--json", "as_json", is_flag=True, help="print what was removed as JSON")
+    @click.option("--grace", type=float, default=60, show_default=True, metavar="SECONDS",
+                  help="leave half-made containers younger than this (a create may be in progress)")
     @pass_app
-    def gc_cmd(app: Application, as_json: bool) -> None:
+    def gc_cmd(app: Application, as_json: bool, grace: float) -> None:
         """Finish what crashed commands left half-made, then prune unused images data.
 
         Releases mounts, runtime state, network endpoints and leases of
         containers that are no longer running, removes half-created
-        containers, then removes blobs and layers no image or container uses.
+        containers and pods, then removes blobs and layers no image or
+        container uses.
 
         \b
         Example:
           hanok gc --json
+          hanok gc --grace 0
         """
-        report = app.engine.gc()
+        report = app.engine.gc(grace_seconds=grace)
         freed = app.store.gc(in_use_layers=app.engine.in_use_layers())
         report["images"] = freed
         if as_json:
@@ -1135,7 +1154,13 @@ def hanok_main() -> None:
 
     @hanok.group("network", cls=Group)
     def network_group() -> None:
-        """Bridge networks containers attach to (`--network NAME`)."""
+        """Bridge networks containers attach to (`--network NAME`).
+
+        \b
+        Example:
+          hanok network create --subnet 10.90.0.0/24 backend
+          hanok network ls
+        """
 
     def network_json(cfg: object) -> dict:
         from dataclasses import asdict
@@ -1605,7 +1630,13 @@ def hanok_main() -> None:
 
     @hanok.group("image", cls=Group)
     def image_group() -> None:
-        """Inspect and clean up stored images."""
+        """Inspect and clean up stored images.
+
+        \b
+        Example:
+          hanok image inspect busybox:local
+          hanok image prune
+        """
 
     @image_group.command("inspect")
     @click.argument("name")
@@ -1646,7 +1677,7 @@ def hanok_main() -> None:
             click.echo(f"deleted layer {diff_id}")
         click.echo(f"Total reclaimed space: {_human_size(freed['bytes'])}")
 
-    hanok(prog_name="hanok")
+    return hanok
 
 
 if __name__ == "__main__":

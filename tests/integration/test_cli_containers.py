@@ -411,3 +411,26 @@ def test_an_oom_kill_is_reported_as_the_reason(hanok: Hanok) -> None:
     assert (state["status"], state["exitCode"], state["oomKilled"]) == ("exited", 137, True)
     done = hanok("run", "--rm", "--network", "none", "--memory", "64m", IMAGE, "true")
     assert done.returncode == 0
+
+
+@pytest.mark.parametrize("delay", [0.02, 0.05, 0.08, 0.12, 0.2])
+def test_a_cli_killed_during_run_loses_nothing(hanok: Hanok, delay: float) -> None:
+    """SIGKILL the CLI at some point of `run`; ps still tells the truth and gc + rm leave nothing."""
+    proc = subprocess.Popen(hanok.argv("run", "--network", "none", "--name", "victim", IMAGE,
+                                       "sh", "-c", "echo up; sleep 0.3; exit 3"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    proc.kill()
+    proc.wait()
+    rows = json.loads(hanok.ok("ps", "-a", "--json"))
+    assert len(rows) <= 1
+    if rows:
+        row = rows[0]
+        assert row["name"] == "victim" and row["state"] in ("created", "running", "exited")
+        if row["state"] == "running":  # its monitor carries on: the exit code is still recorded
+            assert hanok.ok("wait", "victim") == "3\n"
+    report = json.loads(hanok.ok("gc", "--json", "--grace", "0"))
+    assert set(report) >= {"released", "removed", "halfMade", "names", "runtimeStates", "network"}
+    for cid in hanok.container_ids():
+        hanok.ok("rm", "-f", cid)
+    # nothing_left (autouse) checks mounts, runtime states, directories and names
