@@ -329,3 +329,23 @@ def test_login_then_pull_with_basic_auth(registries: Registries, store: Path, wo
 def test_login_password_stdin_needs_a_user(store: Path) -> None:
     done = hanok(store, "login", "--password-stdin", "127.0.0.1:1", input="pw\n")
     assert done.returncode == 2 and "--password-stdin needs --username" in done.stderr, done
+
+
+@needs_registry
+def test_run_pulls_a_missing_image_then_runs_it(registries: Registries, store: Path, work: Path) -> None:
+    """`hanok run REF` as a node agent would use it: not stored yet, so pulled from the registry first."""
+    ref = f"{registries.plain.host}/test/busybox:1"
+    run_dir = work / f"state-{store.name}"
+    state = {"HANOK_STATE": str(run_dir)}
+    try:
+        done = hanok(store, "run", "--rm", "--network", "none", ref, "sh", "-c", "echo pulled and ran; exit 3",
+                     env=state)
+        assert (done.returncode, done.stdout, done.stderr) == (3, "pulled and ran\n", ""), done
+        assert [i["name"] for i in json.loads(ok(hanok(store, "images", "--json")))] == [ref]
+        assert json.loads(ok(hanok(store, "ps", "-a", "--json", env=state))) == []
+        failed(hanok(store, "run", "--rm", "--network", "none", f"{registries.plain.host}/test/nosuch:1", "true",
+                     env=state), f"manifest unknown: {registries.plain.host}/test/nosuch:1 not found")
+    finally:
+        # the netns directory stays a (shared) mount of itself once made, as /run/netns does with `ip netns`
+        if f" {run_dir}/netns " in Path("/proc/self/mountinfo").read_text():
+            subprocess.run(["umount", str(run_dir / "netns")], check=True)
