@@ -17,10 +17,16 @@ and layer this pull added, so the store is left as it was.
 
 Auth: anonymous, basic, and bearer tokens (a 401's WWW-Authenticate
 `Bearer realm=..,service=..,scope=..` -> GET realm with basic credentials if
-any -> retry once; tokens cached per scope for the pull). Credentials come
-from `auth=(user, password)` or docker's config.json (`auths`, base64 `auth`
-or username/password; $DOCKER_CONFIG or ~/.docker). Credential helpers
-(`credsStore`, `credHelpers`) and identity tokens are not supported.
+any -> retry once; tokens cached per scope for the pull). An identity token
+(username `<token>`) is an OAuth2 refresh token instead: POST realm with
+grant_type=refresh_token, as docker does. Credentials come from
+`auth=(user, password)` or docker's config.json ($DOCKER_CONFIG or
+~/.docker): its credential helpers (`credHelpers`, then `credsStore`, run as
+`docker-credential-<suffix> get`), then `auths` (base64 `auth`,
+username/password, `identitytoken`). They are looked up at the registry's
+first 401, so a registry that asks for none never starts a helper.
+`login` stores through the registry's helper when config.json names one,
+`logout` erases there and from `auths`.
 
 Transport: https, plain http only for registries in `insecure_registries`
 (host or host:port; localhost and 127.0.0.1 by default). Connection errors,
@@ -75,6 +81,28 @@ Progress = Callable[[str, int, int], None]  # (digest, bytes done, bytes total)
 
 
 # ------------------------------------------------------------------ credentials
+#
+# Where docker keeps them, in the order it looks (config.json):
+#   credHelpers {registry: suffix}   a helper for one registry
+#   credsStore  suffix               the helper for every other registry
+#   auths       {registry: entry}    base64 `auth`, username/password or `identitytoken`
+# A helper is the program `docker-credential-<suffix>` on PATH: `get` reads the
+# server URL on stdin and prints {"ServerURL","Username","Secret"}; `store`
+# reads that JSON; `erase` reads the server URL. A failing `get` whose stdout is
+# "credentials not found in native keychain" means no credentials, not an error.
+# Username "<token>" marks Secret as an identity token (an OAuth2 refresh token).
+#
+# One difference from docker, on purpose: when the helper has nothing (or is not
+# installed), `auths` is still read, so credentials `hanok login` wrote before it
+# knew about helpers keep working; docker goes anonymous there.
+
+TOKEN_USERNAME = "<token>"
+HELPER_PREFIX = "docker-credential-"
+HELPER_NOT_FOUND = "credentials not found in native keychain"
+HELPER_TIMEOUT = 60.0  # seconds; a keychain may ask for a passphrase (gpg-agent, pinentry)
+OAUTH_CLIENT_ID = "hanok"  # the client_id of identity-token (refresh_token) requests
+
+Credentials = tuple[str, str]  # (username, password), or (TOKEN_USERNAME, identity token)
 
 
 def docker_config_path(path: str | None = None) -> str:
@@ -100,6 +128,11 @@ def _key_host(key: str) -> str:
     return key.split("/", 1)[0]
 
 
+def _server_url(registry: str) -> str:
+    """The name docker files credentials under (config key, helper ServerURL): the host, Hub's v1 URL."""
+    return DOCKER_HUB_AUTH_KEY if registry == DOCKER_HUB else registry
+
+
 def _read_config(path: str) -> dict:
     try:
         with open(path, "rb") as f:
@@ -113,56 +146,8 @@ def _read_config(path: str) -> dict:
     return doc
 
 
-def credentials(registry: str, path: str | None = None) -> tuple[str, str] | None:
-    """(username, password) for `registry` from docker's config.json `auths`, or None."""
-    path = docker_config_path(path)
-    auths = _read_config(path).get("auths")
-    if not isinstance(auths, dict):
-        return None
-    wanted = _auth_keys(registry)
-    by_host: dict[str, dict] = {}
-    for key, entry in auths.items():
-        if isinstance(entry, dict):
-            by_host.setdefault(key, entry)
-            by_host.setdefault(_key_host(key), entry)
-    for key in wanted:
-        entry = by_host.get(key) or by_host.get(_key_host(key))
-        if entry is None:
-            continue
-        if entry.get("auth"):
-            try:
-                user, sep, password = base64.b64decode(entry["auth"]).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                raise ImageError(f"{path}: the auth entry for {key} is not base64 of user:password") from None
-            if sep:
-                return user, password
-        if entry.get("username") and entry.get("password") is not None:
-            return str(entry["username"]), str(entry["password"])
-    return None
-
-
-def login(registry: str, username: str, password: str, config_path: str | None = None, *,
-          verify: bool = True, insecure_registries: Iterable[str] = DEFAULT_INSECURE) -> str:
-    """Store credentials for `registry` in docker's config.json (mode 0600); returns the path.
-
-    With `verify` the credentials are tried against the registry first (GET
-    /v2/ and, for token auth, a token request): wrong ones raise ImageError
-    and nothing is written.
-    """
-    path = docker_config_path(config_path)
-    registry = _registry_of(registry)
-    if verify:
-        client = _Client(registry, None, insecure_registries, (username, password))
-        try:
-            client.check_login()
-        finally:
-            client.close()
-    key = DOCKER_HUB_AUTH_KEY if registry == DOCKER_HUB else registry
-    doc = _read_config(path)
-    auths = doc.get("auths")
-    if not isinstance(auths, dict):
-        auths = doc["auths"] = {}
-    auths[key] = {"auth": base64.b64encode(f"{username}:{password}".encode()).decode()}
+def _write_config(path: str, doc: dict) -> None:
+    """Replace config.json atomically (tmp + fsync + rename), mode 0600: it may hold passwords."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -176,7 +161,205 @@ def login(registry: str, username: str, password: str, config_path: str | None =
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _matching_keys(mapping: dict, registry: str) -> list[str]:
+    """Keys of `mapping` (auths, credHelpers) that name `registry`: exact spellings first, then by host."""
+    wanted = _auth_keys(registry)
+    hosts = {_key_host(k) for k in wanted}
+    exact = [k for k in wanted if k in mapping]
+    return exact + [k for k in mapping if k not in exact and _key_host(k) in hosts]
+
+
+class _HelperMissing(ImageError):
+    """The configured helper is not on PATH: reads fall back to `auths`, writes fail."""
+
+
+class _Helper:
+    """One credential helper program, `docker-credential-<suffix>`, as config.json names it."""
+
+    def __init__(self, suffix: str, origin: str):
+        if not suffix or "/" in suffix or suffix in (".", ".."):
+            raise ImageError(f"{origin}: {suffix!r} is not a credential helper name")
+        self.name = HELPER_PREFIX + suffix
+        self.origin = origin  # e.g. "credsStore in /root/.docker/config.json", for messages
+
+    def executable(self) -> str:
+        import shutil
+
+        exe = shutil.which(self.name)
+        if exe is None:
+            raise _HelperMissing(f"credential helper {self.name} ({self.origin}) is not installed or not on PATH")
+        return exe
+
+    def run(self, action: str, stdin: str, server: str) -> str | None:
+        """stdout of `<helper> action`; None when the helper has no credentials for `server`."""
+        import subprocess
+
+        exe = self.executable()
+        try:
+            r = subprocess.run([exe, action], input=stdin.encode(), capture_output=True, timeout=HELPER_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise ImageError(f"credential helper {self.name} {action} for {server} did not answer "
+                             f"within {HELPER_TIMEOUT:.0f} s") from None
+        except OSError as e:
+            raise ImageError(f"credential helper {self.name} cannot run: {e.strerror or e}") from None
+        out = r.stdout.decode(errors="replace").strip()
+        if r.returncode == 0:
+            return out
+        if out == HELPER_NOT_FOUND:
+            return None
+        said = out or r.stderr.decode(errors="replace").strip()
+        said = " ".join(said.split())[:300] or "no output"
+        raise ImageError(f"credential helper {self.name} {action} for {server} failed "
+                         f"(exit {r.returncode}): {said}")
+
+    def get(self, server: str) -> Credentials | None:
+        out = self.run("get", server, server)
+        if out is None:
+            return None
+        try:
+            doc = json.loads(out)
+            user, secret = doc["Username"], doc["Secret"]
+        except (ValueError, TypeError, KeyError):
+            raise ImageError(f"credential helper {self.name} get for {server} printed something other than "
+                             '{"Username","Secret"} JSON') from None
+        if not isinstance(user, str) or not isinstance(secret, str):
+            raise ImageError(f"credential helper {self.name} get for {server}: Username and Secret "
+                             "must be strings")
+        return (user, secret) if secret else None
+
+
+def _helper_for(doc: dict, registry: str, path: str) -> _Helper | None:
+    """The helper config.json assigns to `registry`: its credHelpers entry, else credsStore, else None."""
+    helpers = doc.get("credHelpers")
+    if isinstance(helpers, dict):
+        for key in _matching_keys(helpers, registry):
+            if isinstance(helpers[key], str):
+                return _Helper(helpers[key], f"credHelpers in {path}")
+    store = doc.get("credsStore")
+    if isinstance(store, str) and store:
+        return _Helper(store, f"credsStore in {path}")
+    return None
+
+
+def _from_auths(doc: dict, registry: str, path: str) -> Credentials | None:
+    auths = doc.get("auths")
+    if not isinstance(auths, dict):
+        return None
+    for key in _matching_keys(auths, registry):
+        entry = auths[key]
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("identitytoken"):
+            return TOKEN_USERNAME, str(entry["identitytoken"])
+        if entry.get("auth"):
+            try:
+                user, sep, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                raise ImageError(f"{path}: the auth entry for {key} is not base64 of user:password") from None
+            if sep:
+                return user, password
+        if entry.get("username") and entry.get("password") is not None:
+            return str(entry["username"]), str(entry["password"])
+    return None
+
+
+def _lookup(registry: str, path: str | None) -> tuple[Credentials | None, str]:
+    """(credentials or None, why a configured helper was skipped or '') for `registry`."""
+    path = docker_config_path(path)
+    registry = _registry_of(registry)
+    doc = _read_config(path)
+    helper = _helper_for(doc, registry, path)
+    skipped = ""
+    if helper is not None:
+        try:
+            creds = helper.get(_server_url(registry))
+        except _HelperMissing as e:
+            skipped = str(e)
+        else:
+            if creds is not None:
+                return creds, ""
+    return _from_auths(doc, registry, path), skipped
+
+
+def credentials(registry: str, path: str | None = None) -> Credentials | None:
+    """(username, password) for `registry` from docker's config.json and its credential helpers, or None.
+
+    An identity token comes back as (TOKEN_USERNAME, token), as helpers spell it.
+    """
+    return _lookup(registry, path)[0]
+
+
+def login(registry: str, username: str, password: str, config_path: str | None = None, *,
+          verify: bool = True, insecure_registries: Iterable[str] = DEFAULT_INSECURE) -> str:
+    """Store credentials for `registry`; returns where they went (a helper's name or config.json's path).
+
+    With `verify` the credentials are tried against the registry first (GET
+    /v2/ and, for token auth, a token request): wrong ones raise ImageError
+    and nothing is written. When config.json names a helper for the registry
+    (credHelpers, credsStore) they go to its `store` and any plaintext copy in
+    `auths` is removed; a helper that is not installed is an error (never a
+    silent fall back to plaintext). Otherwise they go to `auths` (mode 0600).
+    """
+    path = docker_config_path(config_path)
+    registry = _registry_of(registry)
+    doc = _read_config(path)
+    helper = _helper_for(doc, registry, path)
+    if helper is not None:
+        helper.executable()  # before the registry is asked: a missing helper fails first
+    if verify:
+        client = _Client(registry, None, insecure_registries, (username, password))
+        try:
+            client.check_login()
+        finally:
+            client.close()
+    server = _server_url(registry)
+    if helper is not None:
+        helper.run("store", json.dumps({"ServerURL": server, "Username": username, "Secret": password}), server)
+        if _drop_auths(doc, registry):
+            _write_config(path, doc)
+        return helper.name
+    auths = doc.get("auths")
+    if not isinstance(auths, dict):
+        auths = doc["auths"] = {}
+    auths[server] = {"auth": base64.b64encode(f"{username}:{password}".encode()).decode()}
+    _write_config(path, doc)
     return path
+
+
+def _drop_auths(doc: dict, registry: str) -> bool:
+    """Remove every `auths` entry for `registry` from `doc`; True when there was one."""
+    auths = doc.get("auths")
+    if not isinstance(auths, dict):
+        return False
+    keys = _matching_keys(auths, registry)
+    for key in keys:
+        del auths[key]
+    return bool(keys)
+
+
+def logout(registry: str, config_path: str | None = None) -> list[str]:
+    """Forget the credentials for `registry`; returns where they were removed from (empty: there were none).
+
+    Erased from the registry's helper (when one is configured and installed:
+    one that is not installed holds nothing) and from every `auths` entry
+    that names the registry.
+    """
+    path = docker_config_path(config_path)
+    registry = _registry_of(registry)
+    doc = _read_config(path)
+    removed = []
+    helper = _helper_for(doc, registry, path)
+    if helper is not None:
+        server = _server_url(registry)
+        with contextlib.suppress(_HelperMissing):
+            if helper.run("erase", server, server) is not None:
+                removed.append(helper.name)
+    if _drop_auths(doc, registry):
+        _write_config(path, doc)
+        removed.append(path)
+    return removed
 
 
 def _registry_of(text: str) -> str:
@@ -240,7 +423,7 @@ class _Client:
     """One registry and repository, for one pull: a requests session, auth state, retries."""
 
     def __init__(self, registry: str, repository: str | None, insecure: Iterable[str],
-                 auth: tuple[str, str] | None, config: str | None = None, pool_size: int = 10):
+                 auth: Credentials | None, config: str | None = None, pool_size: int = 10):
         import requests  # noqa: F401 (imported here, off the hot path)
 
         self.requests = requests
@@ -253,7 +436,12 @@ class _Client:
         self.host = host
         self.root = f"{scheme}://{host}/v2/"
         self.base = f"{self.root}{repository}/" if repository else self.root
-        self.creds = auth if auth is not None else credentials(registry, config)
+        self.config = config
+        # resolved at the first 401 (see credentials()): a registry that asks for none starts no helper
+        self.creds_lock = threading.Lock()
+        self.creds: Credentials | None = auth
+        self.creds_known = auth is not None
+        self.creds_note = ""  # why a configured helper was skipped, for the 401 message
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "hanok"
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(10, pool_size))
@@ -270,23 +458,35 @@ class _Client:
 
     # ---------------------------------------------------------- auth
 
+    def credentials(self) -> Credentials | None:
+        with self.creds_lock:
+            if not self.creds_known:
+                self.creds, self.creds_note = _lookup(self.registry, self.config)
+                self.creds_known = True
+            return self.creds
+
     def _unauthorized(self, what: str) -> ImageError:
+        note = f" ({self.creds_note})" if self.creds_note else ""
         if self.creds:
             return ImageError(f"unauthorized: {self.registry} rejected the credentials for {what}: "
-                              f"check `hanok login {self.registry}`")
+                              f"check `hanok login {self.registry}`{note}")
         return ImageError(f"unauthorized: {self.registry} requires authentication for {what}: "
-                          f"check `hanok login {self.registry}`")
+                          f"check `hanok login {self.registry}`{note}")
 
     def _authenticate(self, challenge: str, sent: str | None, what: str) -> None:
         """Answer a 401: set self.authz (basic, or a fresh bearer token)."""
         scheme, params = _parse_challenge(challenge)
+        creds = self.credentials()
         with self.lock:
             if self.authz != sent:  # another thread already re-authenticated
                 return
             if scheme == "basic":
-                if not self.creds:
+                if not creds:
                     raise self._unauthorized(what)
-                token = base64.b64encode(f"{self.creds[0]}:{self.creds[1]}".encode()).decode()
+                if creds[0] == TOKEN_USERNAME:
+                    raise ImageError(f"unauthorized: {self.registry} asks for a password for {what} and the "
+                                     f"stored credential is an identity token: check `hanok login {self.registry}`")
+                token = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
                 self.authz = "Basic " + token
                 return
             if scheme != "bearer" or not params.get("realm"):
@@ -297,29 +497,42 @@ class _Client:
             if cached and "Bearer " + cached != sent:
                 self.authz = "Bearer " + cached
                 return
-            self.tokens[scope] = self._fetch_token(params["realm"], params.get("service"), scope, what)
+            self.tokens[scope] = self._fetch_token(params["realm"], params.get("service"), scope, what, creds)
             self.authz = "Bearer " + self.tokens[scope]
 
-    def _fetch_token(self, realm: str, service: str | None, scope: str, what: str) -> str:
+    def _fetch_token(self, realm: str, service: str | None, scope: str, what: str,
+                     creds: Credentials | None) -> str:
+        """A bearer token from the realm: GET with basic credentials, or an OAuth2 refresh_token POST."""
         requests = self.requests
-        query = {}
+        refresh_token = creds[1] if creds is not None and creds[0] == TOKEN_USERNAME else None
+        identity = refresh_token is not None
+        params = {}
         if service:
-            query["service"] = service
+            params["service"] = service
         if scope:
-            query["scope"] = scope
-        if self.creds:
-            query["account"] = self.creds[0]
+            params["scope"] = scope
+        if refresh_token is not None:
+            params.update(grant_type="refresh_token", refresh_token=refresh_token, client_id=OAUTH_CLIENT_ID)
+        elif creds:
+            params["account"] = creds[0]
         last: Exception | None = None
         for attempt in range(ATTEMPTS):
             try:
-                r = self.session.get(realm, params=query, auth=self.creds, timeout=TIMEOUT)
+                if identity:
+                    r = self.session.post(realm, data=params, timeout=TIMEOUT)
+                else:
+                    r = self.session.get(realm, params=params, auth=creds, timeout=TIMEOUT)
             except (requests.ConnectionError, requests.Timeout) as e:
                 last = e
                 time.sleep(BACKOFF * 2 ** attempt)
                 continue
             with r:
-                if r.status_code in (401, 403):
+                # an OAuth2 server answers a refresh token it does not accept with 400 invalid_grant
+                if r.status_code in (401, 403) or (identity and r.status_code == 400):
                     raise self._unauthorized(what)
+                if identity and r.status_code in (404, 405, 501):
+                    raise ImageError(f"token server {realm} does not take identity tokens (a POST answered "
+                                     f"{r.status_code}) for {what}: check `hanok login {self.registry}`")
                 if r.status_code in _RETRY_STATUS:
                     last = ImageError(f"token server {realm} answered {r.status_code}")
                     time.sleep(BACKOFF * 2 ** attempt)
@@ -329,7 +542,7 @@ class _Client:
                 try:
                     doc = r.json()
                     token = doc.get("token") or doc.get("access_token")
-                except ValueError:
+                except (ValueError, AttributeError):  # not JSON, or JSON but not an object
                     token = None
                 if not isinstance(token, str) or not token:
                     raise ImageError(f"token server {realm} sent no token for {what}")

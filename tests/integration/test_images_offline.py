@@ -44,6 +44,7 @@ PASSWD = "root:x:0:0:root:/root:/bin/sh\ntester:x:1000:1000:tester:/home/tester:
 GROUP = "root:x:0:\nwheel:x:10:tester\nusers:x:100:tester,nobody\ntester:x:1000:\nnogroup:x:65534:\n"
 MT_LAYER_GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
 MT_LAYER = "application/vnd.oci.image.layer.v1.tar"
+MT_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 MTIME = 1_650_000_000
 
 
@@ -167,6 +168,30 @@ def write_layout(layout: Path, layers: list[bytes], tag: str = "test", compress:
                  "annotations": {"org.opencontainers.image.ref.name": tag}}
     (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
     return {"manifest": man["digest"], "diff_ids": diff_ids, "layers": descs}
+
+
+def write_zstd_layout(layout: Path, layers: list[bytes], tag: str = "test") -> dict:
+    """write_layout with every layer compressed by zstandard, as write_layout's result.
+
+    The first layer is two zstd frames and the last ends with a skippable
+    frame (as zstd:chunked layers do), which a decompressor must read across.
+    """
+    import zstandard
+
+    write_layout(layout, layers, tag=tag, compress=(False,) * len(layers))
+    zstd = zstandard.ZstdCompressor(level=3)
+    blobs = [zstd.compress(tar) for tar in layers]
+    half = len(layers[0]) // 2
+    blobs[0] = zstd.compress(layers[0][:half]) + zstd.compress(layers[0][half:])
+    skippable = b"hanok test metadata"
+    blobs[-1] += (0x184D2A50).to_bytes(4, "little") + len(skippable).to_bytes(4, "little") + skippable
+    descs = [{"mediaType": MT_LAYER_ZSTD, **_put_blob(layout, blob)} for blob in blobs]
+    _rewrite_manifest(layout, lambda m: {**m, "layers": descs})
+    for tar in layers:  # the uncompressed blobs write_layout left, now referenced by nothing
+        (layout / "blobs" / "sha256" / hashlib.sha256(tar).hexdigest()).unlink(missing_ok=True)
+    manifest = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
+    return {"manifest": manifest, "diff_ids": ["sha256:" + hashlib.sha256(t).hexdigest() for t in layers],
+            "layers": descs}
 
 
 def tar_dir(src: Path, dest: Path) -> Path:
@@ -495,6 +520,31 @@ def test_import_rootfs_dir_and_tar(store: Store, tmp: Path, mounts: Mounts) -> N
     name2 = archive.import_rootfs(store, str(tar_dir(root, tmp / "rootfs.tar")), "imported2")
     assert store.image(name2).layers[0]["mediaType"] == MT_LAYER_GZ
     assert (Path(store.image(name2).layer_dirs()[0]) / "etc/passwd").read_text() == PASSWD
+
+
+def test_zstd_layers_unpack_like_gzip_ones(layers: list[bytes], store: Store, tmp: Path) -> None:
+    pytest.importorskip("zstandard", reason="the Python zstandard module is not installed (pip install zstandard)")
+    info = write_zstd_layout(tmp / "zstd", layers, tag="z")
+    assert archive.load(store, str(tmp / "zstd"), name="localhost/zstd") == ["localhost/zstd:z"]
+    img = store.image("localhost/zstd:z")
+    assert img.digest == info["manifest"] and img.diff_ids == info["diff_ids"]
+    assert [layer["mediaType"] for layer in img.layers] == [MT_LAYER_ZSTD] * 3
+    assert all(store.has_blob(desc["digest"]) for desc in info["layers"])
+    # each layer tree is the one the same tar gives through gzip
+    write_layout(tmp / "gz", layers, tag="g", compress=(True, True, True))
+    ref = Store(str(tmp / "ref"))
+    archive.load(ref, str(tmp / "gz"), name="localhost/gz")
+    for mine, theirs in zip(img.layer_dirs(), ref.image("localhost/gz:g").layer_dirs(), strict=True):
+        assert os.path.basename(mine) == os.path.basename(theirs)
+        assert diff_trees(tree(Path(mine)), tree(Path(theirs))) == []
+    lower = Path(img.layer_dirs()[0])
+    assert (lower / "bin/busybox").read_bytes() == BUSYBOX.read_bytes()
+    assert (Path(img.layer_dirs()[2]) / "newdir/deep/file").read_text() == "deep\n"
+    assert os.listdir(store.tmp_dir) == []
+    # and the tar form of the layout
+    other = Store(str(tmp / "other"))
+    assert archive.load(other, str(tar_dir(tmp / "zstd", tmp / "zstd.tar"))) == ["localhost/zstd:z"]
+    assert other.image("localhost/zstd:z").diff_ids == info["diff_ids"]
 
 
 def test_platform_selection(layers: list[bytes], store: Store, tmp: Path) -> None:

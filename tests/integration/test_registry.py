@@ -24,17 +24,37 @@ import stat
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
-
 from hanok.images import archive, registry
 from hanok.images.store import Store
 from hanok.runtime.errors import ImageError
-from registry_fixture import REGISTRY_BIN, Proxy, Registry, StubServer, TokenServer, free_port, htpasswd_line
-from test_images_offline import BUSYBOX, busybox_layers, diff_trees, tree, write_layout
+from registry_fixture import (
+    REGISTRY_BIN,
+    TOKEN_ISSUER,
+    TOKEN_SERVICE,
+    Proxy,
+    Registry,
+    StubServer,
+    TokenServer,
+    free_port,
+    htpasswd_line,
+)
+from test_images_offline import (
+    BUSYBOX,
+    MT_LAYER_ZSTD,
+    busybox_layers,
+    diff_trees,
+    tree,
+    write_layout,
+    write_zstd_layout,
+)
 
 SKOPEO = shutil.which("skopeo")
 USERS = {"alice": "s3cret-pw"}
@@ -346,6 +366,25 @@ def test_bad_layer_leaves_neither_blob_nor_layer(env: Env, store: Store, case: s
     assert not (env.work / "escaped").exists()
 
 
+def test_pull_zstd_layers(env: Env, store: Store) -> None:
+    pytest.importorskip("zstandard", reason="the Python zstandard module is not installed (pip install zstandard)")
+    layout = env.work / "zstd-layout"
+    info = write_zstd_layout(layout, env.layers, tag="z")
+    ref = f"{env.plain.host}/test/zstd:1"
+    assert skopeo_push(layout, "z", ref) == info["manifest"]  # pushed as it is, zstd layers and all
+    assert registry.pull(store, ref) == ref
+    img = store.image(ref)
+    assert img.digest == info["manifest"] and img.diff_ids == env.bb["diff_ids"]
+    assert [layer["mediaType"] for layer in img.layers] == [MT_LAYER_ZSTD] * 3
+    assert all(store.has_blob(desc["digest"]) for desc in info["layers"])
+    # the same trees as the gzip/plain busybox image
+    gz = env.store()
+    gz_img = gz.image(registry.pull(gz, f"{env.plain.host}/test/busybox:1"))
+    for mine, theirs in zip(img.layer_dirs(), gz_img.layer_dirs(), strict=True):
+        assert diff_trees(tree(Path(mine)), tree(Path(theirs))) == []
+    assert os.listdir(store.tmp_dir) == []
+
+
 def test_pull_by_digest(env: Env, store: Store) -> None:
     digest = env.bb_digest
     name = registry.pull(store, f"{env.plain.host}/test/busybox@{digest}")
@@ -473,11 +512,330 @@ def test_credentials_from_docker_config(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
     assert registry.credentials("docker.io") == ("hub", "pw")
     assert registry.credentials("docker.io", str(tmp_path / "missing.json")) is None
+    # credsStore names a helper that is not installed: reads fall back to auths (above), a login
+    # fails rather than write a password in plaintext where the user asked for a keychain
+    before = cfg.read_text()
+    with pytest.raises(ImageError, match=r"^credential helper docker-credential-desktop \(credsStore in "
+                                         r".*config.json\) is not installed or not on PATH$"):
+        registry.login("index.docker.io", "me", "pw2", verify=False)
+    assert cfg.read_text() == before
+    doc = json.loads(before)
+    del doc["credsStore"]
+    cfg.write_text(json.dumps(doc))
     path = registry.login("index.docker.io", "me", "pw2", verify=False)
     assert path == str(cfg)
     doc = json.loads(cfg.read_text())
-    assert doc["credsStore"] == "desktop" and doc["auths"]["other.example"]
+    assert doc["auths"]["other.example"]
     assert registry.credentials("docker.io") == ("me", "pw2")
+
+
+# ------------------------------------------------------------------ credential helpers
+
+HELPER = "hanoktest"          # docker-credential-hanoktest: a keychain of files, logs every call
+FAILING = "hanoktest-fail"    # docker-credential-hanoktest-fail: always fails, logs every call
+KEYCHAIN_SCRIPT = """#!/bin/sh
+# A docker credential helper for the tests: one file per server URL in {keychain}.
+keychain='{keychain}'
+input=$(cat)
+printf '%s\\t%s\\n' "$1" "$input" >> "$keychain/log"
+case "$1" in
+    get|erase) server=$input ;;
+    store) server=$(printf '%s' "$input" | sed -n 's/.*"ServerURL": *"\\([^"]*\\)".*/\\1/p') ;;
+    *) echo "unknown action $1"; exit 1 ;;
+esac
+file="$keychain/$(printf '%s' "$server" | tr '/:' '__')"
+case "$1" in
+    get) [ -f "$file" ] && exec cat "$file" ;;
+    erase) [ -f "$file" ] && exec rm "$file" ;;
+    store) printf '%s' "$input" > "$file"; exit 0 ;;
+esac
+echo "credentials not found in native keychain"
+exit 1
+"""
+FAILING_SCRIPT = """#!/bin/sh
+input=$(cat)
+printf 'fail-%s\\t%s\\n' "$1" "$input" >> '{keychain}/log'
+echo "pass store is locked:"
+echo "  gpg: decryption failed: No secret key"
+echo "stderr is not what docker reports" >&2
+exit 1
+"""
+
+
+class Helpers:
+    """Credential helper programs, first on PATH, with their keychain and the log of what they were asked."""
+
+    def __init__(self, root: Path):
+        self.bin = root / "bin"
+        self.keychain = root / "keychain"
+        self.bin.mkdir(parents=True)
+        self.keychain.mkdir()
+        (self.keychain / "log").touch()
+        for suffix, script in ((HELPER, KEYCHAIN_SCRIPT), (FAILING, FAILING_SCRIPT)):
+            exe = self.bin / f"docker-credential-{suffix}"
+            exe.write_text(script.format(keychain=self.keychain))
+            exe.chmod(0o755)
+
+    def entry(self, server: str) -> Path:
+        return self.keychain / server.replace("/", "_").replace(":", "_")
+
+    def put(self, server: str, username: str, secret: str) -> None:
+        self.entry(server).write_text(json.dumps({"ServerURL": server, "Username": username, "Secret": secret}))
+
+    def log(self) -> list[tuple[str, str]]:
+        lines = (self.keychain / "log").read_text().splitlines()
+        return [tuple(line.split("\t", 1)) for line in lines]  # type: ignore[misc]
+
+
+@pytest.fixture
+def helpers(env: Env, monkeypatch: pytest.MonkeyPatch) -> Iterator[Helpers]:
+    root = env.work / f"helpers-{os.urandom(4).hex()}"
+    try:
+        h = Helpers(root)
+        monkeypatch.setenv("PATH", f"{h.bin}{os.pathsep}{os.environ['PATH']}")
+        yield h
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _basic_auth(user: str, password: str) -> dict:
+    return {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_pull_with_credentials_from_cred_helpers(env: Env, store: Store, docker_config: Path,
+                                                 helpers: Helpers) -> None:
+    host = env.basic.host
+    docker_config.parent.mkdir()
+    docker_config.write_text(json.dumps({"credHelpers": {host: HELPER}, "credsStore": FAILING,
+                                         "auths": {host: _basic_auth("alice", "wrong")}}))
+    helpers.put(host, "alice", USERS["alice"])
+    ref = f"{host}/test/busybox:1"
+    assert registry.pull(store, ref) == ref
+    assert store.image(ref).digest == env.bb_digest
+    # asked once, with the registry's host as docker passes it; credsStore's helper never ran
+    assert helpers.log() == [("get", host)]
+    # a registry that asks for no credentials starts no helper (credsStore's would fail)
+    assert registry.pull(store, f"{env.plain.host}/test/busybox:1") == f"{env.plain.host}/test/busybox:1"
+    assert helpers.log() == [("get", host)]
+
+
+def test_pull_with_credentials_from_creds_store(env: Env, store: Store, docker_config: Path,
+                                                helpers: Helpers) -> None:
+    host = env.basic.host
+    docker_config.parent.mkdir()
+    docker_config.write_text(json.dumps({"credsStore": HELPER, "auths": {host: _basic_auth("alice", "wrong")}}))
+    helpers.put(host, "alice", USERS["alice"])
+    ref = f"{host}/test/busybox:1"
+    assert registry.pull(store, ref) == ref  # the helper wins over auths' wrong password
+    assert helpers.log() == [("get", host)]
+    assert registry.credentials(host) == ("alice", USERS["alice"])
+
+
+def test_helper_without_credentials_falls_back(env: Env, store: Store, docker_config: Path,
+                                               helpers: Helpers) -> None:
+    host = env.basic.host
+    ref = f"{host}/test/busybox:1"
+    docker_config.parent.mkdir()
+    docker_config.write_text(json.dumps({"credsStore": HELPER}))
+    before = listing(store)
+    with pytest.raises(ImageError) as err:
+        registry.pull(store, ref)  # not in the keychain: anonymous, and the registry says 401
+    assert str(err.value) == (f"unauthorized: {host} requires authentication for manifest {ref}: "
+                              f"check `hanok login {host}`")
+    assert helpers.log() == [("get", host)]
+    assert_clean(store, before)
+    # then auths, where `hanok login` wrote before it knew helpers
+    docker_config.write_text(json.dumps({"credsStore": HELPER, "auths": {host: _basic_auth("alice", USERS["alice"])}}))
+    assert registry.pull(store, ref) == ref
+    # a helper that is not installed: the same fall back, and a 401 says why
+    docker_config.write_text(json.dumps({"credsStore": "hanoktest-missing"}))
+    with pytest.raises(ImageError) as err:
+        registry.pull(env.store(), ref)
+    assert str(err.value) == (f"unauthorized: {host} requires authentication for manifest {ref}: "
+                              f"check `hanok login {host}` (credential helper docker-credential-hanoktest-missing "
+                              f"(credsStore in {docker_config}) is not installed or not on PATH)")
+
+
+def test_failing_helper_is_a_one_line_error(env: Env, store: Store, docker_config: Path,
+                                            helpers: Helpers) -> None:
+    host = env.basic.host
+    ref = f"{host}/test/busybox:1"
+    docker_config.parent.mkdir()
+    docker_config.write_text(json.dumps({"credHelpers": {host: FAILING},
+                                         "auths": {host: _basic_auth("alice", USERS["alice"])}}))
+    before = listing(store)
+    with pytest.raises(ImageError) as err:
+        registry.pull(store, ref)
+    assert str(err.value) == (f"credential helper docker-credential-{FAILING} get for {host} failed (exit 1): "
+                              "pass store is locked: gpg: decryption failed: No secret key")
+    assert helpers.log() == [("fail-get", host)]
+    assert_clean(store, before)
+    # a helper that answers something other than its JSON
+    docker_config.write_text(json.dumps({"credHelpers": {host: HELPER}}))
+    helpers.entry(host).write_text("Username=alice")
+    with pytest.raises(ImageError, match=rf"^credential helper docker-credential-{HELPER} get for {host} printed "
+                                         r'something other than \{"Username","Secret"\} JSON$'):
+        registry.pull(store, ref)
+    assert_clean(store, before)
+
+
+def test_login_and_logout_through_the_helper(env: Env, store: Store, docker_config: Path,
+                                             helpers: Helpers) -> None:
+    host = env.basic.host
+    docker_config.parent.mkdir()
+    docker_config.write_text(json.dumps({"credsStore": HELPER, "auths": {
+        host: _basic_auth("alice", "old-plaintext"), "other.example": _basic_auth("o", "p")}}))
+    with pytest.raises(ImageError, match="rejected the credentials"):
+        registry.login(host, "alice", "wrong")
+    assert helpers.log() == []  # wrong credentials: nothing stored
+    assert registry.login(host, "alice", USERS["alice"]) == f"docker-credential-{HELPER}"
+    (action, sent), = helpers.log()
+    assert action == "store"
+    assert json.loads(sent) == {"ServerURL": host, "Username": "alice", "Secret": USERS["alice"]}
+    # the plaintext copy is gone, the rest of config.json is as it was
+    assert json.loads(docker_config.read_text()) == {"credsStore": HELPER,
+                                                     "auths": {"other.example": _basic_auth("o", "p")}}
+    ref = f"{host}/test/busybox:1"
+    assert registry.pull(store, ref) == ref
+    assert helpers.log()[-1] == ("get", host)
+    assert registry.logout(host) == [f"docker-credential-{HELPER}"]
+    assert helpers.log()[-1] == ("erase", host) and not helpers.entry(host).exists()
+    assert registry.logout(host) == []
+    with pytest.raises(ImageError, match="requires authentication"):
+        registry.pull(env.store(), ref)
+    # a helper that is not installed: login fails before asking the registry, nothing written
+    docker_config.write_text(json.dumps({"credHelpers": {host: "hanoktest-missing"}}))
+    with pytest.raises(ImageError, match=r"^credential helper docker-credential-hanoktest-missing \(credHelpers in "):
+        registry.login(host, "alice", USERS["alice"], verify=False)
+    assert json.loads(docker_config.read_text()) == {"credHelpers": {host: "hanoktest-missing"}}
+
+
+def test_logout_from_auths(env: Env, docker_config: Path) -> None:
+    host = env.basic.host
+    assert registry.login(host, "alice", USERS["alice"]) == str(docker_config)
+    doc = json.loads(docker_config.read_text())
+    doc["auths"][f"https://{host}/v1/"] = _basic_auth("alice", "older")  # another spelling of the same registry
+    docker_config.write_text(json.dumps(doc))
+    assert registry.logout(f"https://{host}/") == [str(docker_config)]
+    assert json.loads(docker_config.read_text()) == {"auths": {}}
+    assert stat.S_IMODE(os.stat(docker_config).st_mode) == 0o600
+    assert registry.logout(host) == []
+    assert registry.credentials(host) is None
+
+
+# ------------------------------------------------------------------ identity tokens
+
+REFRESH_TOKEN = "hanok-test-refresh-token"
+
+
+class OAuthServer:
+    """A token realm that takes OAuth2 refresh_token POSTs only (what docker sends for an identity token).
+
+    Its tokens are signed by the session's TokenServer key, so a registry
+    configured with this realm and that key's certificate accepts them.
+    Records every POST form; GET answers 405.
+    """
+
+    def __init__(self, tokens: TokenServer):
+        owner = self
+        self.posts: list[tuple[str, dict[str, list[str]]]] = []  # (Content-Type, form)
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._send(405, {"error": "unsupported"})
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()
+                form = parse_qs(body, keep_blank_values=True)
+                owner.posts.append((self.headers.get("Content-Type", ""), form))
+                if form.get("grant_type") != ["refresh_token"] or form.get("refresh_token") != [REFRESH_TOKEN]:
+                    self._send(400, {"error": "invalid_grant"})
+                    return
+                token = tokens.issue("alice", form.get("scope", [""])[0].split(), grant=True)
+                self._send(200, {"access_token": token, "expires_in": 300, "refresh_token": REFRESH_TOKEN})
+
+            def _send(self, code: int, doc: dict) -> None:
+                data = json.dumps(doc).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.realm = f"http://127.0.0.1:{self.httpd.server_address[1]}/oauth2/token"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def oauth_registry(env: Env) -> Iterator[tuple[OAuthServer, Registry]]:
+    """A registry whose token realm is an OAuthServer (its storage shared with the session's registries)."""
+    server = OAuthServer(env.tokens)
+    try:
+        reg = Registry(env.work / f"oauth-{os.urandom(4).hex()}", env.work / "storage", {"token": {
+            "realm": server.realm, "service": TOKEN_SERVICE, "issuer": TOKEN_ISSUER,
+            "rootcertbundle": str(env.tokens.cert)}})
+        try:
+            yield server, reg
+        finally:
+            reg.stop()
+    finally:
+        server.stop()
+
+
+def test_identity_token_is_an_oauth2_refresh_token(env: Env, store: Store, docker_config: Path, helpers: Helpers,
+                                                   oauth_registry: tuple[OAuthServer, Registry]) -> None:
+    server, reg = oauth_registry
+    ref = f"{reg.host}/test/busybox:1"
+    docker_config.parent.mkdir()
+    docker_config.write_text(json.dumps({"credHelpers": {reg.host: HELPER}}))
+    helpers.put(reg.host, registry.TOKEN_USERNAME, REFRESH_TOKEN)
+    assert registry.pull(store, ref, max_workers=3) == ref
+    assert store.image(ref).diff_ids == env.bb["diff_ids"]
+    # one POST for the pull's scope, shaped as docker's (distribution's fetchTokenWithOAuth)
+    assert server.posts == [("application/x-www-form-urlencoded", {
+        "grant_type": ["refresh_token"], "refresh_token": [REFRESH_TOKEN], "service": [TOKEN_SERVICE],
+        "scope": ["repository:test/busybox:pull"], "client_id": ["hanok"]})]
+    # the same from an `identitytoken` in auths
+    docker_config.write_text(json.dumps({"auths": {reg.host: {"identitytoken": REFRESH_TOKEN}}}))
+    assert registry.pull(env.store(), ref) == ref
+    assert len(server.posts) == 2
+    # a refresh token the server does not take (400 invalid_grant): rejected, nothing stored
+    docker_config.write_text(json.dumps({"auths": {reg.host: {"identitytoken": "revoked"}}}))
+    other = env.store()
+    before = listing(other)
+    with pytest.raises(ImageError) as err:
+        registry.pull(other, ref)
+    assert str(err.value) == (f"unauthorized: {reg.host} rejected the credentials for manifest {ref}: "
+                              f"check `hanok login {reg.host}`")
+    assert_clean(other, before)
+
+
+def test_identity_token_where_it_cannot_be_used(env: Env, store: Store, docker_config: Path) -> None:
+    docker_config.parent.mkdir()
+    docker_config.write_text(json.dumps({"auths": {env.basic.host: {"identitytoken": REFRESH_TOKEN},
+                                                   env.token.host: {"identitytoken": REFRESH_TOKEN}}}))
+    ref = f"{env.basic.host}/test/busybox:1"
+    with pytest.raises(ImageError) as err:
+        registry.pull(store, ref)  # basic auth wants a password
+    assert str(err.value) == (f"unauthorized: {env.basic.host} asks for a password for manifest {ref} and the "
+                              f"stored credential is an identity token: check `hanok login {env.basic.host}`")
+    ref = f"{env.token.host}/test/busybox:1"
+    with pytest.raises(ImageError) as err:
+        registry.pull(store, ref)  # the session's token server answers GETs only
+    assert str(err.value) == (f"token server {env.tokens.realm} does not take identity tokens (a POST answered "
+                              f"501) for manifest {ref}: check `hanok login {env.token.host}`")
+    assert store.refs() == {}
 
 
 # ------------------------------------------------------------------ broken blobs and servers
