@@ -728,8 +728,9 @@ def hanok_cli():  # -> click.Group
 
         Attached (no -d), its output is shown and hanok exits with its exit
         code; 125 means hanok itself failed, 126 the command could not be run,
-        127 it was not found. IMAGE may also be an OCI bundle directory
-        (config.json + rootfs), run as it is in the foreground.
+        127 it was not found. IMAGE may also be the path of an OCI bundle
+        directory (config.json + rootfs; written with a leading / or ./), run
+        as it is in the foreground: only --name and --explain apply then.
 
         \b
         Example:
@@ -742,9 +743,15 @@ def hanok_cli():  # -> click.Group
 
         if explain:
             trace.enable(os.dup(2))
-        if os.path.isfile(os.path.join(image, "config.json")):  # an OCI bundle
+        if image.startswith(("/", "./", "../")):  # an OCI bundle: image names never start so
             from hanok.runtime import container
 
+            ignored = sorted(k for k, v in kw.items()
+                             if k not in ("name", "pull", "network") and v not in (None, False, ()))
+            if detach or command or ignored or kw["network"] != "bridge":
+                raise click.UsageError("a bundle runs as its config.json says: only --name and --explain apply")
+            if not os.path.isfile(os.path.join(image, "config.json")):
+                raise NotFound(f"{image}: not an OCI bundle (no config.json)")
             sys.exit(container.run(os.path.join(app.run_root, "bundles"), kw.get("name") or f"hanok-{os.getpid()}",
                                    image))
         pull = kw["pull"] == "missing"
@@ -823,6 +830,10 @@ def hanok_cli():  # -> click.Group
                 action(ref)
             except HanokError as e:
                 click.echo(f"hanok: {e}", err=True)
+                failed = True
+                continue
+            except OSError as e:  # a library bug, but the other refs still get their turn
+                click.echo(f"hanok: {ref}: {e.strerror or e}", err=True)
                 failed = True
                 continue
             click.echo(ref)
@@ -993,7 +1004,7 @@ def hanok_cli():  # -> click.Group
             raise click.BadParameter(f"{tail!r}: expected a number or all", param_hint="--tail")
 
         def stopped() -> bool:
-            return not c.status()["running"]
+            return c.output_complete()
 
         out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
         for stream, data in logs.read(c.path("ctr.log"), tail=None if tail == "all" else int(tail), since=since,
@@ -1038,7 +1049,7 @@ def hanok_cli():  # -> click.Group
         if timeout is not None and timeout <= 0:
             raise click.BadParameter(f"{timeout:g}: must be positive", param_hint="--timeout")
         sys.exit(app.engine.exec(container, list(command), env=list(env), workdir=workdir, user=user,
-                                 tty=tty, detach=detach, timeout=timeout))
+                                 tty=tty, detach=detach, timeout=timeout, interactive=interactive))
 
     @hanok.command("stats")
     @click.argument("containers", metavar="[CONTAINER...]", nargs=-1)
@@ -1162,10 +1173,8 @@ def hanok_cli():  # -> click.Group
           hanok network ls
         """
 
-    def network_json(cfg: object) -> dict:
-        from dataclasses import asdict
-
-        return asdict(cfg)  # type: ignore[call-overload]
+    def network_json(cfg) -> dict:  # type: ignore[no-untyped-def]
+        return cfg.to_dict()
 
     @network_group.command("create")
     @click.argument("name")
@@ -1395,7 +1404,7 @@ def hanok_cli():  # -> click.Group
         c = members[0]
 
         def stopped() -> bool:
-            return not c.status()["running"]
+            return c.output_complete()
 
         out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
         for stream, data in logs.read(c.path("ctr.log"), tail=None if tail == "all" else int(tail),
@@ -1450,7 +1459,8 @@ def hanok_cli():  # -> click.Group
         """Log in to REGISTRY: check the credentials, then store them.
 
         They go to docker's config.json ($DOCKER_CONFIG/config.json, else
-        ~/.docker/config.json, mode 0600), which `hanok pull` and docker read.
+        ~/.docker/config.json, mode 0600), which `hanok pull` and docker read,
+        or to the credential helper it names (credHelpers, credsStore).
 
         \b
         Example:
@@ -1470,6 +1480,22 @@ def hanok_cli():  # -> click.Group
             raise click.UsageError("the password is empty")
         registry.login(registry_name, username, password)
         click.echo("Login Succeeded")
+
+    @hanok.command("logout")
+    @click.argument("registry_name", metavar="REGISTRY")
+    def logout_cmd(registry_name: str) -> None:
+        """Forget the credentials stored for REGISTRY (config.json and its credential helper).
+
+        \b
+        Example:
+          hanok logout localhost:5000
+        """
+        from hanok.images import registry
+
+        if registry.logout(registry_name):
+            click.echo(f"Removing login credentials for {registry_name}")
+        else:
+            click.echo(f"Not logged in to {registry_name}")
 
     @hanok.command("load")
     @click.option("-i", "--input", "path", required=True, type=click.Path(),

@@ -107,6 +107,7 @@ class Ingest:
         self.size = 0
         self.digest: str | None = None
         self.created = False  # commit put a new blob in place (it was not there before)
+        store.prepare()
         os.makedirs(store.tmp_dir, exist_ok=True)
         fd, self.tmp_path = _mkstemp(store.tmp_dir, "blob-")
         self._fd: int | None = fd
@@ -335,11 +336,23 @@ class Store:
         self.tmp_dir = os.path.join(self.root, "tmp")
         self.refs_path = os.path.join(self.root, "images.json")
 
+    def prepare(self) -> None:
+        """Make the store's root, private to root (0700), tightening an existing one.
+
+        Layers keep the setuid files of their images and containers' upper
+        directories what containers write (a container can make its own
+        setuid-root file): another host user must not be able to reach and run
+        them (Docker's CVE-2021-41091). Overlay lookups in the lower layers run
+        with the mounter's credentials, so containers do not need the access.
+        """
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        os.chmod(self.root, 0o700)
+
     # -------------------------------------------------------------- locks
 
     @contextlib.contextmanager
     def _flock(self, name: str, kind: int) -> Iterator[None]:
-        os.makedirs(self.root, exist_ok=True)
+        self.prepare()
         fd = os.open(os.path.join(self.root, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, kind)
@@ -423,6 +436,7 @@ class Store:
 
     def _layer_tmp(self) -> tuple[str, int]:
         """A new directory in tmp/ to unpack a layer into, and its fd, flocked so gc leaves it alone."""
+        self.prepare()
         os.makedirs(self.tmp_dir, exist_ok=True)
         _spread_subdirs(self.tmp_dir)
         os.makedirs(self.layers_dir, exist_ok=True)
@@ -564,7 +578,7 @@ class Store:
         return dict(refs) if isinstance(refs, dict) else {}
 
     def _write_refs(self, refs: dict[str, str]) -> None:
-        os.makedirs(self.root, exist_ok=True)
+        self.prepare()
         fd, tmp = _mkstemp(self.root, ".images.json.")
         try:
             with os.fdopen(fd, "w") as f:

@@ -135,7 +135,7 @@ def _unzstd(raw: BinaryIO, head: bytes) -> Iterator[bytes]:
         import zstandard  # type: ignore[import-not-found]
     except ImportError:
         raise ImageError("layer is zstd-compressed and the Python 'zstandard' module "
-                         "is not installed (pip install zstandard)") from None
+                         "is not installed (pip install 'hanok[zstd]')") from None
     reader = zstandard.ZstdDecompressor().stream_reader(_Prefixed(raw, head), read_across_frames=True)
     try:
         while True:
@@ -666,19 +666,32 @@ class Root:
                 os.close(fd)
 
     def open_file(self, path: str) -> int:
-        """Open an existing regular file for reading, every symlink resolved in the root."""
+        """Open an existing regular file for reading, every symlink resolved in the root.
+
+        The root may be a live container's, which can put a FIFO (the open
+        would hang us) or a device node (opened on the host, outside the
+        container's device rules) where a file is expected: the name is opened
+        with O_PATH first, and reopened for reading only if it is a regular file.
+        """
+        import stat as _stat
+
         parts = split_member_path(path)
         if not parts:
             raise IsADirectoryError(errno.EISDIR, "is a directory", path)
         for _ in range(_MAX_SYMLINK_HOPS):
             parent = self._walk(parts[:-1], create=False)
             try:
+                handle = os.open(parts[-1], os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
                 try:
-                    return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-                except OSError as e:
-                    if e.errno != errno.ELOOP:
-                        raise
-                    target = os.readlink(parts[-1], dir_fd=parent)
+                    mode = os.fstat(handle).st_mode
+                    if _stat.S_ISREG(mode):
+                        return os.open(f"/proc/self/fd/{handle}",
+                                       os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+                    if not _stat.S_ISLNK(mode):
+                        raise OSError(errno.EINVAL, "not a regular file", path)
+                finally:
+                    os.close(handle)
+                target = os.readlink(parts[-1], dir_fd=parent)
             finally:
                 os.close(parent)
             base = [] if target.startswith("/") else parts[:-1]

@@ -241,6 +241,20 @@ def _free_ports(count: int, protocol: str, host_ip: str, bad: str) -> list[int]:
             sock.close()
 
 
+def _check_no_listener(mapping: PortMapping) -> None:
+    """Refuse a host port a host service already listens on: the DNAT would silently take its
+    connections (say, -p 22:22 would hand the host's SSH to the container); docker refuses too."""
+    import socket
+
+    kind = socket.SOCK_STREAM if mapping.protocol == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind((mapping.host_ip, mapping.host_port))
+        except OSError as e:
+            raise NetError(f"port {mapping.host_port}/{mapping.protocol} on {mapping.host_ip or 'the host'} "
+                           f"is already in use: {e.strerror}") from None
+
+
 def _first_free_port(first: int, last: int, protocol: str, host_ip: str) -> int:
     import socket
 
@@ -265,6 +279,10 @@ def _skeleton_commands(table: str) -> list[str]:
         f"add chain ip {table} output {{ type nat hook output priority -100; policy accept; }}",
         f"add chain ip {table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}",
         f"add chain ip {table} input {{ type filter hook input priority filter; policy accept; }}",
+        f"add chain ip {table} guard {{ type filter hook prerouting priority raw; policy accept; }}",
+        # a packet for 127.0.0.0/8 arriving from outside would otherwise be DNATed to a port published
+        # on 127.0.0.1 before the kernel's martian check (moby#45610): loopback addresses come from lo only
+        f'add rule ip {table} guard ip daddr 127.0.0.0/8 iifname != "lo" drop',
         f"add chain ip {table} portmap",
         f"add rule ip {table} prerouting fib daddr type local jump portmap",
         f"add rule ip {table} output fib daddr type local jump portmap",
@@ -540,6 +558,8 @@ def add_ports(owner: str, container_ip: str, bridge: str, ports: list[PortMappin
                 raise InvalidArgument(f"port {mapping.host_port}/{mapping.protocol} is published twice")
     if not wanted:
         return
+    if not os.path.isdir(f"/sys/class/net/{bridge}"):
+        raise NetError(f"bridge {bridge} does not exist")
     tag = OWNER_TAG + owner
     with _Locked():
         installed = _installed()
@@ -551,6 +571,7 @@ def add_ports(owner: str, container_ip: str, bridge: str, ports: list[PortMappin
                           and rule.facts.get("dport") == mapping.host_port
                           and _overlaps(mapping.host_ip, str(rule.facts.get("daddr", "")))), None)
             if clash is None:
+                _check_no_listener(mapping)
                 additions.append(_dnat_command(TABLE, owner, container_ip, mapping))
             elif (clash.tag, clash.facts.get("daddr", ""), clash.facts.get("dnat_addr"), clash.facts.get("dnat_port")) \
                     != (tag, mapping.host_ip, container_ip, mapping.container_port):
@@ -562,14 +583,10 @@ def add_ports(owner: str, container_ip: str, bridge: str, ports: list[PortMappin
         if not additions:
             return
         commands = ([] if installed is not None else _skeleton_commands(TABLE)) + additions
-        changed = _set_route_localnet(bridge, True, "let 127.0.0.1 connections DNATed to a container leave "
-                                                    "through the bridge")
-        try:
-            _apply(commands, f"publish ports of {owner} at {container_ip}")
-        except BaseException:
-            if changed:
-                _set_route_localnet(bridge, False, "undo: the ports were not published")
-            raise
+        # the rules (with the 127.0.0.0/8 guards) first, route_localnet after: a crash in between
+        # leaves localhost publishing not working yet, never the bridge open to the host's loopback
+        _apply(commands, f"publish ports of {owner} at {container_ip}")
+        _set_route_localnet(bridge, True, "let 127.0.0.1 connections DNATed to a container leave through the bridge")
 
 
 def remove_ports(owner: str) -> None:

@@ -129,6 +129,24 @@ class Container:
         finally:
             os.close(fd)
 
+    @contextlib.contextmanager
+    def try_lock(self) -> Iterator[bool]:
+        """The lock if nobody holds it (True), else False at once: for gc, which must not wait."""
+        try:
+            fd = os.open(self.path("lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            yield False
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
     # ------------------------------------------------------------ status
 
     def oci_status(self) -> tuple[str | None, dict | None]:
@@ -158,6 +176,14 @@ class Container:
             # it ran, but nobody recorded its end (its monitor or CLI was killed)
             out.update(status="exited", error="the exit code was not recorded (its monitor was killed)")
         return out
+
+
+    def output_complete(self) -> bool:
+        """No more output will reach the log: the process ended and its monitor drained the pipes
+        (it writes exit.json after that), or the monitor is gone."""
+        if self.status()["running"]:
+            return False
+        return os.path.exists(self.path(EXIT)) or not _pid_alive((self.read_json(RUN) or {}).get("monitorPid") or 0)
 
 
 class Engine:
@@ -226,32 +252,37 @@ class Engine:
         """A named volume's directory, made on first use."""
         validate_name(name)
         path = os.path.join(self.volumes_dir, name, "_data")
+        self.store.prepare()
         os.makedirs(path, exist_ok=True)
         return path
 
     # ------------------------------------------------------------ create
 
     def _claim_name(self, name: str | None, cid: str) -> str:
-        os.makedirs(self.names_dir, exist_ok=True)
+        """Take `name` (or a random free one) for the container `cid` and make its directory.
+
+        Both happen under the names lock, so a link whose container directory
+        does not exist is known to be left by a crash (never a create in
+        progress) and can be taken over.
+        """
+        cdir = os.path.join(self.containers_dir, cid)
         if name is not None:
             validate_name(name)
-            try:
-                os.symlink(cid, os.path.join(self.names_dir, name))
-            except FileExistsError:
-                owner = os.readlink(os.path.join(self.names_dir, name))
-                if os.path.isfile(os.path.join(self.containers_dir, owner, RECORD)):
-                    raise Exists(f'the container name "{name}" is already in use by container {owner[:12]}') from None
-                os.unlink(os.path.join(self.names_dir, name))  # left by a crashed create
-                return self._claim_name(name, cid)
-            return name
-        for _ in range(100):
-            rnd = os.urandom(3)
-            candidate = f"{_ADJECTIVES[rnd[0] % len(_ADJECTIVES)]}_{_NOUNS[rnd[1] % len(_NOUNS)]}{rnd[2] % 100}"
-            try:
-                os.symlink(cid, os.path.join(self.names_dir, candidate))
-                return candidate
-            except FileExistsError:
-                continue
+            candidates = [name]
+        else:
+            candidates = []
+            for _ in range(100):
+                rnd = os.urandom(3)
+                candidates.append(f"{_ADJECTIVES[rnd[0] % len(_ADJECTIVES)]}_{_NOUNS[rnd[1] % len(_NOUNS)]}"
+                                  f"{rnd[2] % 100}")
+        with name_lock(self.names_dir):
+            for candidate in candidates:
+                if claim_link(self.names_dir, candidate, cid, self.containers_dir):
+                    os.mkdir(cdir, 0o700)
+                    return candidate
+                if name is not None:
+                    owner = os.readlink(os.path.join(self.names_dir, name))
+                    raise Exists(f'the container name "{name}" is already in use by container {owner[:12]}')
         raise HanokError("could not pick a free container name; give one with --name")
 
     def resolve_image(self, ref: str, pull: bool = True, quiet: bool = True):  # -> images.store.Image
@@ -272,6 +303,10 @@ class Engine:
 
         if opts.network.startswith("container:"):
             self.get(opts.network.split(":", 1)[1])
+        elif not opts.pod and opts.network not in ("bridge", "none", "host"):
+            from hanok.netns import network
+
+            network.get_network(self.store_root, opts.network)  # NotFound now, not at start
         if opts.pod is not None:
             pod = self.pods.get(opts.pod)
             if not pod.ready():
@@ -296,11 +331,11 @@ class Engine:
         bundle.image_spec(image.config or {}, layers, opts, hostname="x", netns_path=None, etc_files={},
                           named_volume_dir=_checked_volume_name, annotations={})
         cid = os.urandom(32).hex()
+        self.store.prepare()  # 0700: containers' upper dirs may hold setuid files they made
         os.makedirs(self.containers_dir, exist_ok=True)
         cdir = os.path.join(self.containers_dir, cid)
         name = self._claim_name(opts.name, cid)
         try:
-            os.mkdir(cdir, 0o711)
             for sub in ("upper", "work", "bundle", "bundle/rootfs", "etc"):
                 os.mkdir(os.path.join(cdir, sub), 0o755)
             opts.name = name
@@ -362,13 +397,19 @@ class Engine:
         hostname = c.record["hostname"]
         if net is not None and net.get("files") and not net.get("joined"):
             return dict(net["files"])
-        if net is None:  # the host's network: its resolver works as it is
+        if net is None:  # the host's network: its resolver works as it is, through a copy
             hosts = c.path("etc", "hosts")
             state.write_atomic(hosts, f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n".encode(),
                                0o644)
             state.write_atomic(c.path("etc", "hostname"), f"{hostname}\n".encode(), 0o644)
+            try:
+                with open("/etc/resolv.conf", "rb") as f:
+                    resolv = f.read(1 << 16)
+            except OSError:
+                resolv = b""
+            state.write_atomic(c.path("etc", "resolv.conf"), resolv, 0o644)
             return {"/etc/hosts": hosts, "/etc/hostname": c.path("etc", "hostname"),
-                    "/etc/resolv.conf": "/etc/resolv.conf"}
+                    "/etc/resolv.conf": c.path("etc", "resolv.conf")}
         from hanok.netns import dns
 
         files = dns.write_files(c.path("etc"), hostname, net.get("ip") or "127.0.1.1")
@@ -425,9 +466,13 @@ class Engine:
         copied to ours until it exits, and the exit code is returned.
         """
         c = ref if isinstance(ref, Container) else self.get(ref)
-        opts = c.options
-        if opts.tty and attach:
+        if c.options.tty and attach:
             return self._run_in_terminal(c)
+        monitor_pid = self._launch(c, attach)
+        return self._follow_until_exit(c, monitor_pid) if attach else c
+
+    def _launch(self, c: Container, attach: bool) -> int:
+        """Root, network, config and monitor; the container runs when this returns its monitor's pid."""
         with c.lock():
             if c.status()["running"]:
                 raise BadState(f"container {c.name} is already running")
@@ -437,21 +482,20 @@ class Engine:
                     os.unlink(c.path(stale))
             run = self._prepare(c)
             try:
-                # an attached CLI cleans up itself when the process exits (it has everything
-                # loaded already); a detached container's monitor runs `container cleanup`
-                info = self._spawn_monitor(c, stdin_fd=0 if (attach and opts.interactive) else None,
-                                           exit_command=not attach)
+                # a detached container's monitor runs `container cleanup` when it exits; an
+                # attached CLI cleans up itself (it has everything loaded already), and its
+                # monitor does it only if this CLI was killed meanwhile
+                info = self._spawn_monitor(c, stdin_fd=0 if (attach and c.options.interactive) else None,
+                                           detached=not attach)
             except BaseException:
                 self._release(c, keep_run=False)
                 raise
             run["monitorPid"] = info.pid
             run["pid"] = info.container_pid
             c.write_json(RUN, run)
-        if not attach:
-            return c
-        return self._follow_until_exit(c, info.pid)
+        return info.pid
 
-    def _spawn_monitor(self, c: Container, stdin_fd: int | None, exit_command: bool):
+    def _spawn_monitor(self, c: Container, stdin_fd: int | None, detached: bool):
         from hanok.runtime import container, monitor
 
         saved_stdin = os.dup(stdin_fd) if stdin_fd is not None else None
@@ -474,8 +518,8 @@ class Engine:
         try:
             return monitor.spawn(launch=launch, log_path=c.path(LOG), exit_path=c.path(EXIT), terminal=tty,
                                  console_socket_path=console,
-                                 exit_command=self.cli_command("container", "cleanup", c.id) if exit_command
-                                 else None)
+                                 exit_command=self.cli_command("container", "cleanup", c.id),
+                                 exit_command_unless_alive=None if detached else os.getpid())
         finally:
             if saved_stdin is not None:
                 os.close(saved_stdin)
@@ -509,9 +553,14 @@ class Engine:
         out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
         for stream, data in logs.read(c.path(LOG), follow=True, stop=finished):
             target = out.get(stream, sys.stdout.buffer)
-            target.write(data)
-            target.flush()
-        self.cleanup(c.id)  # the monitor has no exit command for attached runs: see start()
+            try:
+                target.write(data)
+                target.flush()
+            except BrokenPipeError:  # `hanok run ... | head`: stop showing, keep waiting for the exit
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, target.fileno())
+                os.close(devnull)
+        self.cleanup(c.id)  # see _launch: the monitor's exit command is for a killed CLI only
         if ended is None or ended.get("exitCode") is None:
             raise HanokError(f"container {c.name}: its monitor exited without recording an exit code")
         return int(ended["exitCode"])
@@ -540,21 +589,24 @@ class Engine:
     # ------------------------------------------------------------ run / stop / rm
 
     def run(self, opts: RunOptions, *, detach: bool, pull: bool = True) -> tuple[Container, int | None]:
-        """create + start; attached runs return the exit code (and honour --rm here)."""
+        """create + start; attached runs return the exit code (and honour --rm here).
+
+        A failure before the container's process runs removes the container
+        (nothing half-made is left); once it runs, it is the container's to
+        keep, whatever happens to this CLI.
+        """
         c = self.create(opts, pull=pull)
         try:
-            result = self.start(c, attach=not detach)
+            if opts.tty and not detach:
+                return c, self._run_in_terminal(c)
+            monitor_pid = self._launch(c, attach=not detach)
         except BaseException:
             with contextlib.suppress(HanokError, OSError):
                 self.remove(c.id, force=True)
             raise
         if detach:
             return c, None
-        code = int(result)  # type: ignore[arg-type]
-        if opts.auto_remove:
-            with contextlib.suppress(NotFound):
-                self.remove(c.id, force=True)
-        return c, code
+        return c, self._follow_until_exit(c, monitor_pid)
 
     def kill(self, ref: str, signal: str | int = "KILL") -> Container:
         from hanok.runtime import container
@@ -624,6 +676,27 @@ class Engine:
         ended["oomKilled"] = bool(memory.get("oom_kill"))
         c.write_json(EXIT, ended)
 
+    def _network_set_up(self, c: Container) -> bool:
+        from hanok.netns import network
+
+        return network.has_endpoint(self.store_root, self.run_root, c.id)
+
+    def _owner_alive(self, owner: str) -> bool:
+        """For network gc: may `owner` (a container or pod id) still use its network endpoint?
+
+        Asked at the moment of deciding (not from a list made earlier), so a
+        container started while gc runs keeps its network.
+        """
+        if owner in self.pods.live_ids():  # a pod's endpoint lives as long as its sandbox
+            return True
+        c = Container(self, owner)
+        if not os.path.isdir(c.dir):
+            return False
+        if not os.path.exists(c.path(RECORD)):
+            return True  # a create in progress (a crashed one goes with the half-made directories)
+        with c.try_lock() as mine:
+            return not mine or bool(c.status()["running"])
+
     def _release(self, c: Container, keep_run: bool = True) -> None:
         """Undo what a run set up (idempotent; the caller holds the lock)."""
         from hanok.images import overlay
@@ -643,29 +716,35 @@ class Engine:
                 os.unlink(c.path(RUN))
 
     def remove(self, ref: str, force: bool = False) -> Container:
+        """docker rm: a running container only with `force` (killed first)."""
         c = self.get(ref)
-        if c.status()["running"]:
-            if not force:
-                raise BadState(f"cannot remove container {c.name}: it is running (stop it first, or use -f)")
-            from hanok.runtime import container
+        for _ in range(3):
+            if c.status()["running"]:
+                if not force:
+                    raise BadState(f"cannot remove container {c.name}: it is running (stop it first, or use -f)")
+                from hanok.runtime import container
 
-            with contextlib.suppress(BadState, NotFound):
-                container.kill(self.oci_root, c.id, "KILL", all_processes=True)
-            self._wait_stopped(c, 10.0)
-        with c.lock():
-            self._release(c)
-            name_link = os.path.join(self.names_dir, c.name)
-            with contextlib.suppress(OSError):
-                if os.readlink(name_link) == c.id:
-                    os.unlink(name_link)
-            os.unlink(c.path(RECORD))  # from here on the container does not exist
-        _rmtree(c.dir)
-        return c
+                with contextlib.suppress(BadState, NotFound):
+                    container.kill(self.oci_root, c.id, "KILL", all_processes=True)
+                self._wait_stopped(c, 10.0)
+            with c.lock():
+                if c.status()["running"]:  # started meanwhile: judge again
+                    continue
+                self._release(c)
+                name_link = os.path.join(self.names_dir, c.name)
+                with contextlib.suppress(OSError):
+                    if os.readlink(name_link) == c.id:
+                        os.unlink(name_link)
+                os.unlink(c.path(RECORD))  # from here on the container does not exist
+            _rmtree(c.dir)
+            return c
+        raise BadState(f"cannot remove container {c.name}: it keeps being started")
 
     # ------------------------------------------------------------ exec
 
     def exec(self, ref: str, args: list[str], *, env: list[str] = (), workdir: str | None = None,  # type: ignore[assignment]
-             user: str | None = None, tty: bool = False, detach: bool = False, timeout: float | None = None) -> int:
+             user: str | None = None, tty: bool = False, detach: bool = False, timeout: float | None = None,
+             interactive: bool = False) -> int:
         """Run another process in a running container; its exit code (0 when detached).
 
         `timeout` (CRI ExecSync): past it the process is SIGKILLed and a
@@ -686,9 +765,11 @@ class Engine:
         if timeout is not None:
             if tty or detach:
                 raise InvalidArgument("a timeout needs an exec that is waited for, without a terminal")
-            return container.exec_process(self.oci_root, c.id, process, wait=_waiter(timeout, " ".join(args)))
+            with _stdin_unless(interactive):
+                return container.exec_process(self.oci_root, c.id, process, wait=_waiter(timeout, " ".join(args)))
         if not tty:
-            return container.exec_process(self.oci_root, c.id, process, detach=detach)
+            with _stdin_unless(interactive):
+                return container.exec_process(self.oci_root, c.id, process, detach=detach)
         if detach:
             raise InvalidArgument("a terminal needs an attached exec (drop -d or -t)")
         from hanok.runtime.process import console_pair, receive_pty_master, relay_pty_until_exit
@@ -722,21 +803,22 @@ class Engine:
 
         report: dict[str, list[str]] = {"released": [], "removed": [], "halfMade": [], "names": [],
                                         "runtimeStates": [], "network": []}
-        running: set[str] = set()
         for c in self.containers():
             try:
-                st = c.status()
-                if st["running"]:
-                    running.add(c.id)
-                    continue
-                set_up = os.path.ismount(c.rootfs) or c.oci_status()[0] is not None
-                if c.options.auto_remove and st["status"] == "exited":
+                with c.try_lock() as mine:
+                    if not mine:  # being started, stopped or removed right now: not ours to judge
+                        continue
+                    st = c.status()  # read under the lock: a start cannot slip in between
+                    if st["running"]:
+                        continue
+                    doomed = c.options.auto_remove and st["status"] == "exited"
+                    if not doomed and (os.path.ismount(c.rootfs) or c.oci_status()[0] is not None
+                                       or self._network_set_up(c)):
+                        self._release(c)
+                        report["released"].append(c.id)
+                if doomed:
                     self.remove(c.id, force=True)
                     report["removed"].append(c.id)
-                elif set_up:
-                    with c.lock():
-                        self._release(c)
-                    report["released"].append(c.id)
             except HanokError:
                 continue
         now = time.time()
@@ -770,13 +852,10 @@ class Engine:
                 with contextlib.suppress(HanokError):
                     container.delete(self.oci_root, cid, force=True)
                     report["runtimeStates"].append(cid)
-        try:
-            from hanok.netns import network
-        except ImportError:
-            return report
+        from hanok.netns import network
+
         report.update(self.pods.gc(grace_seconds))
-        running |= self.pods.live_ids()  # a pod's endpoint lives as long as its sandbox, not its containers
-        done = network.gc(self.store_root, self.run_root, lambda owner: owner in running)
+        done = network.gc(self.store_root, self.run_root, self._owner_alive)
         for kind, items in sorted(done.items()):
             report["network"].extend(f"{kind} {item}" for item in items)
         return report
@@ -843,6 +922,54 @@ class Engine:
                 if c.record["image"]["id"] == image_id:
                     out.append(c)
         return out
+
+
+@contextlib.contextmanager
+def _stdin_unless(interactive: bool) -> Iterator[None]:
+    """docker exec without -i: the process reads /dev/null, not our stdin (a loop's input is not its)."""
+    if interactive:
+        yield
+        return
+    saved = os.dup(0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(devnull, 0)
+        yield
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(devnull)
+
+
+@contextlib.contextmanager
+def name_lock(names_dir: str) -> Iterator[None]:
+    """Serialises taking names (containers' or pods'): see claim_link."""
+    os.makedirs(names_dir, exist_ok=True)
+    fd = os.open(os.path.join(names_dir, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def claim_link(names_dir: str, name: str, owner_id: str, owners_dir: str) -> bool:
+    """names/<name> -> owner_id; False when a live owner has it. Call under name_lock.
+
+    The caller makes owners_dir/<owner_id> before releasing the lock, so a
+    link to a directory that does not exist was left by a crash.
+    """
+    link = os.path.join(names_dir, name)
+    try:
+        os.symlink(owner_id, link)
+        return True
+    except FileExistsError:
+        pass
+    if os.path.isdir(os.path.join(owners_dir, os.readlink(link))):
+        return False
+    os.unlink(link)
+    os.symlink(owner_id, link)
+    return True
 
 
 def _checked_volume_name(name: str) -> str:

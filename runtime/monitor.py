@@ -46,6 +46,7 @@ STDIN_FIFO = "stdin"      # name of the fifo, beside exit_path, that feeds the c
 _IGNORED_SIGNALS = ("SIGINT", "SIGHUP", "SIGQUIT", "SIGPIPE", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGTTIN",
                     "SIGTTOU", "SIGTSTP")
 _NOT_STARTED = "monitor exited before the container started"
+_UNLESS_ALIVE = "@unless-alive="  # see spawn's exit_command_unless_alive
 _LOG_FLAGS = posix.O_WRONLY | posix.O_APPEND | posix.O_CLOEXEC
 # The loop's interpreter imports this file as a plain module `monitor`: imported, not run as a script,
 # so it is loaded from its .pyc (written by pip at install, or by the first monitor) instead of being
@@ -71,7 +72,7 @@ class MonitorInfo:
 
 def spawn(*, launch: "Callable[[], int]", log_path: str, exit_path: str, terminal: bool = False,
           log_max_bytes: int = 10 << 20, stdin: bool = False, console_socket_path: str | None = None,
-          exit_command: list[str] | None = None) -> MonitorInfo:
+          exit_command: list[str] | None = None, exit_command_unless_alive: int | None = None) -> MonitorInfo:
     """Start a container under a new monitor; return once it has started.
 
     `launch` runs in the monitor (so the container init is its child): it
@@ -85,7 +86,10 @@ def spawn(*, launch: "Callable[[], int]", log_path: str, exit_path: str, termina
     open by the monitor, so the container never reads EOF. `exit_command`
     (argv, the caller's environment, stdio /dev/null) replaces the monitor
     once exit_path is written: waiting for the monitor's pid to go away
-    waits for it too.
+    waits for it too. With `exit_command_unless_alive` (a pid, normally the
+    caller's), the exit command is skipped if that very process (same start
+    time) still lives then: an attached CLI cleans up itself, and the exit
+    command only covers for it when it was killed.
 
     A HanokError raised by `launch` is raised here again: same class, message
     and exit_code. The call never hangs on a dead monitor.
@@ -104,6 +108,10 @@ def spawn(*, launch: "Callable[[], int]", log_path: str, exit_path: str, termina
         if not os.path.isdir(os.path.dirname(given)):
             raise NotFound(f"directory of {given} does not exist")
     stdin_path = os.path.join(os.path.dirname(exit_path), STDIN_FIFO) if stdin else None
+    if exit_command and exit_command_unless_alive is not None:
+        # carried as a first word the loop strips (the exit command passes through four functions)
+        exit_command = [f"{_UNLESS_ALIVE}{exit_command_unless_alive}:{_start_time(exit_command_unless_alive)}",
+                        *exit_command]
     explain.step(f"setsid hanok-monitor --log {log_path} --exit {exit_path} &",
                  "a monitor per container: subreaper of its init, owner of its stdio and log")
     result_r, result_w = posix.pipe2(posix.O_CLOEXEC)
@@ -413,8 +421,26 @@ def _loop(argv: list[str]) -> None:
                     posix.close(fd)
     assert status is not None  # the loop ends only once the init was reaped
     _write_exit(exit_path, status, finished_ns)
+    if exit_command and exit_command[0].startswith(_UNLESS_ALIVE):
+        pid, _, start = exit_command.pop(0)[len(_UNLESS_ALIVE):].partition(":")
+        if _start_time(int(pid)) == start:
+            return  # the process that would have run it is alive and does the work itself
     if exit_command:
         _become_exit_command(exit_command)
+
+
+def _start_time(pid: int) -> str:
+    """Field 22 of /proc/PID/stat (start time in ticks), or "" when the process is gone."""
+    try:
+        fd = posix.open(f"/proc/{pid}/stat", posix.O_RDONLY | posix.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        data = posix.read(fd, 4096)
+    finally:
+        posix.close(fd)
+    fields = data[data.rindex(b")") + 2:].split()
+    return fields[19].decode() if len(fields) > 19 else ""
 
 
 def _become_exit_command(command: list[str]) -> None:

@@ -727,16 +727,14 @@ class Pods:
     # ------------------------------------------------------------ create
 
     def _claim_name(self, name: str, pod_id: str) -> None:
-        os.makedirs(self.names_dir, exist_ok=True)
-        link = os.path.join(self.names_dir, name)
-        try:
-            os.symlink(pod_id, link)
-        except FileExistsError:
-            owner = os.readlink(link)
-            if os.path.isfile(os.path.join(self.pods_dir, owner, RECORD)):
-                raise Exists(f'the pod name "{name}" is already in use by pod {owner[:12]}') from None
-            os.unlink(link)  # left by a crashed run
-            self._claim_name(name, pod_id)
+        """Take `name` for the pod and make its directory, under the names lock (engine.claim_link)."""
+        from hanok.runtime.engine import claim_link, name_lock
+
+        with name_lock(self.names_dir):
+            if not claim_link(self.names_dir, name, pod_id, self.pods_dir):
+                owner = os.readlink(os.path.join(self.names_dir, name))
+                raise Exists(f'the pod name "{name}" is already in use by pod {owner[:12]}')
+            os.mkdir(os.path.join(self.pods_dir, pod_id), 0o700)
 
     def create_sandbox(self, plan: PodPlan, network: str = "bridge") -> Pod:
         """The pod's namespaces, cgroup, network endpoint, volumes and record; all undone on failure."""
@@ -757,10 +755,10 @@ class Pods:
         pod_dir = os.path.join(self.pods_dir, pod_id)
         undo: list[Callable[[], object]] = []
         try:
+            self.engine.store.prepare()
             os.makedirs(self.pods_dir, exist_ok=True)
             self._claim_name(plan.name, pod_id)
             undo.append(lambda: os.unlink(os.path.join(self.names_dir, plan.name)))
-            os.mkdir(pod_dir, 0o711)
             undo.append(lambda: _rmtree(pod_dir))
             cgroup_path = plan.cgroup_parent or f"/{cgroups.DEFAULT_PARENT}/pod-{pod_id}"
             cgroup = cgroups.manager(cgroup_path, pod_id)

@@ -235,7 +235,8 @@ def test_masquerade_rules_are_exact_idempotent_and_removed(table: str) -> None:
     ]
     untagged = [(rule["chain"], rule["expr"][-1]) for rule in listed if "comment" not in rule]
     assert untagged == [("prerouting", {"jump": {"target": "portmap"}}),
-                        ("output", {"jump": {"target": "portmap"}})]
+                        ("output", {"jump": {"target": "portmap"}}),
+                        ("guard", {"drop": None})]
 
     handles = [rule["handle"] for rule in tagged]
     nat.ensure_masquerade("hktnet", "10.231.7.0/24", "hktbr0")  # same thing again: nothing changes
@@ -401,8 +402,9 @@ def test_explained_commands_replay_with_nft(table: str, lab: Lab) -> None:
     with os.fdopen(read_end) as trace:
         steps = trace.read().splitlines()
     nat.remove_ports("hktowner")
-    assert steps[0].startswith(f"+ echo 1 > /proc/sys/net/ipv4/conf/{lab.bridge}/route_localnet")
-    command = steps[1].removeprefix("+ ").split("    # ")[0]
+    # the rules (and their 127.0.0.0/8 guards) go in before route_localnet is turned on
+    assert steps[1].startswith(f"+ echo 1 > /proc/sys/net/ipv4/conf/{lab.bridge}/route_localnet")
+    command = steps[0].removeprefix("+ ").split("    # ")[0]
     assert command.startswith("nft 'add table ip ")
     check = subprocess.run(["sh", "-c", command.replace("nft ", "nft -c ", 1)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
@@ -464,3 +466,14 @@ def test_containers_cannot_reach_the_hosts_loopback_services(table: str, lab: La
                 service.recv(100)
         finally:
             nat.remove_ports("hktowner")
+
+
+def test_a_port_a_host_service_listens_on_is_refused(table: str, lab: Lab) -> None:
+    """-p 22:22 must not silently hand the host's SSH to a container: the port is tried with bind first."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with pytest.raises(NetError, match=f"^port {port}/tcp on 127.0.0.1 is already in use: "):
+            nat.add_ports("hktowner", lab.container_ip, lab.bridge, [nat.PortMapping(80, port, "tcp", "127.0.0.1")])
+    assert _nft_json(table) is None

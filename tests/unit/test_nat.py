@@ -131,6 +131,8 @@ def test_skeleton_commands() -> None:
         "add chain ip hanok output { type nat hook output priority -100; policy accept; }",
         "add chain ip hanok postrouting { type nat hook postrouting priority srcnat; policy accept; }",
         "add chain ip hanok input { type filter hook input priority filter; policy accept; }",
+        "add chain ip hanok guard { type filter hook prerouting priority raw; policy accept; }",
+        'add rule ip hanok guard ip daddr 127.0.0.0/8 iifname != "lo" drop',
         "add chain ip hanok portmap",
         "add rule ip hanok prerouting fib daddr type local jump portmap",
         "add rule ip hanok output fib daddr type local jump portmap",
