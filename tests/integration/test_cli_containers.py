@@ -476,3 +476,14 @@ def test_concurrent_creates_with_one_name_make_one_container(hanok: Hanok) -> No
 def test_a_bundle_path_refuses_image_flags(hanok: Hanok, tmp_path: Path) -> None:
     done = hanok("run", "-d", str(tmp_path))
     assert done.returncode == 2 and "only --name and --explain apply" in done.stderr, done
+
+
+def test_the_monitor_cleans_up_for_a_killed_attached_cli(hanok: Hanok) -> None:
+    proc = subprocess.Popen(hanok.argv("run", "--rm", "--network", "none", "--name", "left", IMAGE,
+                                       "sh", "-c", "echo up; sleep 0.5; exit 3"),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "up\n"  # it runs: kill its CLI now
+    proc.kill()
+    proc.wait()
+    # nobody runs gc: the monitor saw its CLI gone and ran the cleanup (--rm included) itself
+    wait_for(lambda: hanok.container_ids() == [] and mounts_under(hanok.store) == [], timeout=20)
