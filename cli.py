@@ -683,6 +683,8 @@ def hanok_cli():  # -> click.Group
             click.option("--read-only", is_flag=True, help="mount the root read-only"),
             click.option("--cap-add", multiple=True, help="add a capability (or ALL)"),
             click.option("--cap-drop", multiple=True, help="drop a capability (or ALL)"),
+            click.option("--security-opt", multiple=True, metavar="OPT",
+                         help="seccomp=unconfined|PATH (default: docker's profile), no-new-privileges"),
             click.option("--entrypoint", default=None, help="replace the image's entrypoint"),
             click.option("-l", "--label", multiple=True, metavar="KEY=VALUE", help="set a label"),
             click.option("-t", "--tty", is_flag=True, help="allocate a terminal"),
@@ -713,7 +715,7 @@ def hanok_cli():  # -> click.Group
                           entrypoint=None if entrypoint is None else ([entrypoint] if entrypoint else []),
                           volumes=list(kw.pop("volumes")), tmpfs=list(kw.pop("tmpfs")),
                           publish=list(kw.pop("publish")), cap_add=list(kw.pop("cap_add")),
-                          cap_drop=list(kw.pop("cap_drop")), **kw)
+                          cap_drop=list(kw.pop("cap_drop")), security_opt=list(kw.pop("security_opt")), **kw)
 
     @hanok.command("run", context_settings={"allow_interspersed_args": False})
     @click.argument("image")

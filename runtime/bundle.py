@@ -143,6 +143,7 @@ class RunOptions:
     memory_reservation: str | None = None                  # a soft limit (a Kubernetes memory request)
     cpu_shares: int | None = None                          # relative CPU weight (a Kubernetes cpu request)
     no_new_privileges: bool = False                        # allowPrivilegeEscalation: false
+    security_opt: list[str] = field(default_factory=list)  # seccomp=unconfined|PATH, no-new-privileges
     annotations: dict[str, str] = field(default_factory=dict)
 
 
@@ -181,6 +182,51 @@ def capabilities(cap_add: list[str], cap_drop: list[str]) -> list[str]:
     caps = [] if "CAP_ALL" in drop else [c for c in DOCKER_CAPS if c not in drop]
     wanted = sorted(CAPABILITIES) if "CAP_ALL" in add else sorted(add)
     return caps + [c for c in wanted if c not in caps]
+
+
+def security_options(items: list[str], caps: list[str]) -> tuple[dict | None, bool]:
+    """docker's --security-opt: (the linux.seccomp to use or None, no_new_privileges).
+
+    By default containers get docker's seccomp profile for their capability
+    set (runtime/seccomp_default.py); `seccomp=unconfined` drops it and
+    `seccomp=PATH` reads an OCI `linux.seccomp` object from a JSON file.
+    """
+    seccomp_choice = "default"
+    no_new_privs = False
+    for item in items:
+        key, sep, value = item.partition("=")
+        if key == "seccomp" and sep and value:
+            seccomp_choice = value
+        elif key == "no-new-privileges" and value in ("", "true", "false"):
+            no_new_privs = value != "false"
+        elif key.startswith("no-new-privileges:") and key.split(":", 1)[1] in ("true", "false"):
+            no_new_privs = key.endswith("true")
+        else:
+            raise InvalidArgument(f"--security-opt {item!r}: expected seccomp=unconfined|PATH or no-new-privileges")
+    if seccomp_choice == "unconfined":
+        return None, no_new_privs
+    if seccomp_choice == "default":
+        from hanok.runtime.seccomp_default import default_profile
+
+        return default_profile(list(caps)), no_new_privs
+    from hanok.runtime import jsonio
+
+    try:
+        profile = jsonio.load_file(seccomp_choice)
+    except (OSError, ValueError) as e:
+        raise InvalidArgument(f"--security-opt seccomp={seccomp_choice}: {getattr(e, 'strerror', None) or e}") from None
+    if not isinstance(profile, dict):
+        raise InvalidArgument(f"--security-opt seccomp={seccomp_choice}: expected a JSON object")
+    docker_only = sorted({"archMap", "includes", "excludes"} & set(profile)
+                         | {k for r in profile.get("syscalls") or [] if isinstance(r, dict)
+                            for k in ("includes", "excludes") if k in r})
+    if docker_only:
+        raise InvalidArgument(f"--security-opt seccomp={seccomp_choice}: a docker-format profile "
+                              f"({', '.join(docker_only)}); give an OCI linux.seccomp object")
+    from hanok.runtime import seccomp as seccomp_module
+
+    seccomp_module.validate(profile)
+    return profile, no_new_privs
 
 
 def volume_mount(spec: str, named_volume_dir: "Callable[[str], str]") -> dict:
@@ -242,8 +288,9 @@ def image_spec(image_config: dict, layer_dirs_top_first: list[str], opts: RunOpt
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     nofile = 1048576 if hard == resource.RLIM_INFINITY else min(1048576, hard)
     process["rlimits"] = [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}]
+    seccomp, no_new_privs = security_options(opts.security_opt, caps)
     # docker's default is False: setuid binaries in images keep working
-    process["noNewPrivileges"] = bool(opts.no_new_privileges)
+    process["noNewPrivileges"] = bool(opts.no_new_privileges or no_new_privs)
     spec["process"] = process
     spec["root"] = {"path": "rootfs", "readonly": bool(opts.read_only)}
     spec["hostname"] = hostname
@@ -257,6 +304,8 @@ def image_spec(image_config: dict, layer_dirs_top_first: list[str], opts: RunOpt
     linux["namespaces"] = namespaces
     if cgroups_path is not None:
         linux["cgroupsPath"] = cgroups_path
+    if seccomp is not None:
+        linux["seccomp"] = seccomp
     resources: dict = {"devices": [{"allow": False, "access": "rwm"}]}
     if opts.memory:
         resources["memory"] = {"limit": parse_size(opts.memory, "--memory")}

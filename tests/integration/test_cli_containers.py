@@ -487,3 +487,18 @@ def test_the_monitor_cleans_up_for_a_killed_attached_cli(hanok: Hanok) -> None:
     proc.wait()
     # nobody runs gc: the monitor saw its CLI gone and ran the cleanup (--rm included) itself
     wait_for(lambda: hanok.container_ids() == [] and mounts_under(hanok.store) == [], timeout=20)
+
+
+def test_containers_get_dockers_seccomp_profile_unless_unconfined(hanok: Hanok, tmp_path: Path) -> None:
+    done = hanok("run", "--rm", "--network", "none", IMAGE, "sh", "-c",
+                 "grep Seccomp: /proc/self/status; unshare -U true 2>&1 || echo refused")
+    assert (done.returncode, done.stdout) == (0, "Seccomp:\t2\nunshare: unshare(0x10000000): Operation not permitted\n"
+                                                 "refused\n"), done
+    done = hanok("run", "--rm", "--network", "none", "--security-opt", "seccomp=unconfined", IMAGE, "sh", "-c",
+                 "grep Seccomp: /proc/self/status; unshare -U true && echo allowed")
+    assert (done.returncode, done.stdout) == (0, "Seccomp:\t0\nallowed\n"), done
+    docker_format = tmp_path / "docker.json"
+    docker_format.write_text(json.dumps({"defaultAction": "SCMP_ACT_ERRNO", "archMap": []}))
+    failed(hanok("run", "--rm", "--network", "none", "--security-opt", f"seccomp={docker_format}", IMAGE, "true"),
+           f"--security-opt seccomp={docker_format}: a docker-format profile (archMap); "
+           f"give an OCI linux.seccomp object")
