@@ -1,4 +1,4 @@
-"""Lean pyroute2: its netlink message classes, without its package __init__.
+"""Lean pyroute2: its netlink message classes, without its package __init__ or its heavy imports.
 
 Why not `from pyroute2 import IPRoute`: measured on this host with pyroute2
 0.9.7, `import pyroute2` costs ~140 ms wall (~170 ms under -X importtime)
@@ -11,11 +11,29 @@ ssl and every tc/request-filter module come with it.
 
 What we really use from pyroute2 is its knowledge of the rtnetlink wire
 format: `ifinfmsg`, `ifaddrmsg` and `rtmsg` encode nested attributes (veth
-peers, link kinds, netns fds) and decode dumps. Those three modules cost
-~30 ms (most of it `logging`, which pyroute2.netlink imports, and
-pyroute2.config). The transport they need is one blocking AF_NETLINK socket
-and an ack loop, written here in ~60 lines, which also makes per-call cost
-one send and one recv with no event loop.
+peers, link kinds, netns fds) and decode dumps. Each class is imported on
+first use (`ifinfmsg()` and friends make messages): deleting a veth needs only
+ifinfmsg. The transport they need is one blocking AF_NETLINK socket and an
+ack loop, written here in ~60 lines, which also makes per-call cost one send
+and one recv with no event loop.
+
+Those message modules still import more than they use: `pyroute2.config`
+(multiprocessing, platform), of which ifinfmsg reads only AF_BRIDGE,
+data_plugins_pkgs and data_plugins_path, once, at import; `logging`, of which
+they call getLogger() at import and log only on error paths; `traceback`
+(with textwrap) and `pkgutil`, used only on error paths and for third-party
+link plugins. While the message modules load, those names are given light
+stand-ins in sys.modules (`_add_stand_ins`), taken out again as soon as the
+modules are loaded, so any later import gets the real modules; the stdlib
+stand-ins the message modules keep forward every attribute to the real module
+(imported on first use), so an error path that logs or formats a traceback
+works as before. (ifinfmsg's own `config` global stays the stand-in; it is
+read only at import.) This relies on what pyroute2 0.9 reads, so it is done
+only when the installed pyroute2 is 0.9.x (read from its config/version.py);
+any other version, or a pyroute2 already imported, is imported the ordinary
+way. Measured with `python -c`, importing the three classes went from ~31 ms
+to ~22 ms above interpreter start; what remains is socket and typing (~13 ms,
+which pyroute2's modules need at import) and pyroute2's own modules (~8 ms).
 
 A socket belongs to the network namespace of the thread that created it, so
 `socket_in(netns_path)` enters the namespace in the calling thread only
@@ -28,10 +46,16 @@ a name it lacks, so nothing breaks; it only costs what it costs.
 """
 from __future__ import annotations
 
+import _socket as socket  # the C module: socket.py costs ~4 ms (enum), and _socket.socket is its base class
 import os
-import socket
 import struct
 import sys
+import types
+
+if False:  # for type checkers only: the message classes are imported on first use
+    from importlib.machinery import ModuleSpec
+
+    from pyroute2.netlink import nlmsg
 
 NETLINK_ROUTE = 0
 NLMSG_ERROR = 2
@@ -53,20 +77,43 @@ RTM_NEWROUTE = 24
 IFF_UP = 0x1
 _HEADER = struct.Struct("=IHHII")          # struct nlmsghdr
 _CLONE_NEWNET = 0x40000000
+LEAN_VERSIONS = "0.9."                     # the pyroute2 releases `_add_stand_ins` was checked against
+_LAZY_STDLIB = ("logging", "traceback", "pkgutil")
 
 
-def _install_light_package() -> None:
+def _pyroute2_spec() -> ModuleSpec:
+    """Where pyroute2 is, asked of the import system's finders as `import` would (importlib.util,
+    which does the same, costs an import of its own)."""
+    for finder in sys.meta_path:
+        find_spec = getattr(finder, "find_spec", None)
+        spec = find_spec("pyroute2", None) if find_spec is not None else None
+        if spec is not None and spec.submodule_search_locations:
+            return spec
+    raise ImportError("pyroute2 is not installed")
+
+
+def installed_version(package_dir: str) -> str:
+    """pyroute2's version from config/version.py (`__version__ = "0.9.7"`), read as text: importing it
+    would run config/__init__; "" when it cannot be read."""
+    try:
+        with open(os.path.join(package_dir, "config", "version.py"), encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return ""
+    for line in text.splitlines():
+        name, equals, value = line.partition("=")
+        if equals and name.strip() == "__version__":
+            return value.strip().strip("'\"")
+    return ""
+
+
+def _install_light_package(spec: ModuleSpec) -> None:
     """Register `pyroute2` as a bare package so submodules import without its __init__."""
-    if "pyroute2" in sys.modules:
-        return
-    import importlib.util
-    import types
-
-    spec = importlib.util.find_spec("pyroute2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("pyroute2 is not installed")
+    assert spec.loader is not None and spec.submodule_search_locations is not None
+    loader = spec.loader
+    package_dir = list(spec.submodule_search_locations)[0]
     package = types.ModuleType("pyroute2")
-    package.__path__ = list(spec.submodule_search_locations)
+    package.__path__ = [package_dir]
     package.__file__ = spec.origin
     package.__spec__ = spec
 
@@ -76,23 +123,134 @@ def _install_light_package() -> None:
         `from pyroute2 import config` asks for the attribute first and imports
         the submodule only on AttributeError, so submodule names are refused.
         """
-        where = os.path.join(package.__path__[0], name)
+        where = os.path.join(package_dir, name)
         if name.startswith("__") or os.path.exists(where + ".py") or os.path.isdir(where):
             raise AttributeError(name)
         delattr(package, "__getattr__")
-        assert spec is not None and spec.loader is not None
-        spec.loader.exec_module(package)
+        loader.exec_module(package)
         return getattr(package, name)
 
     setattr(package, "__getattr__", load_everything)
     sys.modules["pyroute2"] = package
 
 
-_install_light_package()
+def _real(name: str) -> types.ModuleType:
+    """The real stdlib module `name`, importing it now (and evicting a stand-in still registered)."""
+    module = sys.modules.get(name)
+    if isinstance(module, _LazyModule):
+        del sys.modules[name]
+    __import__(name)
+    return sys.modules[name]
 
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg  # noqa: E402
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg  # noqa: E402
-from pyroute2.netlink.rtnl.rtmsg import rtmsg  # noqa: E402
+
+class _LazyModule(types.ModuleType):
+    """Stands in for a stdlib module the message modules import but use only on error paths:
+    every attribute is looked up on the real module, imported on first use."""
+
+    def __getattr__(self, attr: str) -> object:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return getattr(_real(self.__name__), attr)
+
+
+class _LazyLogger:
+    """What the `logging` stand-in's getLogger returns: the real logger, fetched on first use."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __getattr__(self, attr: str) -> object:
+        return getattr(_real("logging").getLogger(self.name), attr)
+
+
+class _LazyLogging(_LazyModule):
+    def getLogger(self, name: str | None = None) -> object:   # noqa: N802 (logging's name)
+        return _LazyLogger(name) if name else _real("logging").getLogger()
+
+
+def _config_stand_in(package_dir: str) -> types.ModuleType:
+    """`pyroute2.config` as the message modules read it (pyroute2 0.9: ifinfmsg reads AF_BRIDGE,
+    data_plugins_pkgs and data_plugins_path at import), with the real defaults and none of the
+    multiprocessing/platform imports."""
+    config = types.ModuleType("pyroute2.config")
+    config.__path__ = [os.path.join(package_dir, "config")]
+    config.AF_BRIDGE = getattr(socket, "AF_BRIDGE", 7)  # type: ignore[attr-defined]
+    config.data_plugins_pkgs = []  # type: ignore[attr-defined]
+    config.data_plugins_path = []  # type: ignore[attr-defined]
+    return config
+
+
+def _add_stand_ins(package_dir: str) -> dict[str, types.ModuleType]:
+    """Register light modules for the names not imported yet (see above); return them."""
+    added: dict[str, types.ModuleType] = {}
+    if "pyroute2.config" not in sys.modules:
+        added["pyroute2.config"] = _config_stand_in(package_dir)
+    for name in _LAZY_STDLIB:
+        if name not in sys.modules:
+            added[name] = _LazyLogging(name) if name == "logging" else _LazyModule(name)
+    sys.modules.update(added)
+    return added
+
+
+def _remove_stand_ins(added: dict[str, types.ModuleType]) -> None:
+    """Take the light modules out of sys.modules again, so later imports get the real ones."""
+    for name, module in added.items():
+        if sys.modules.get(name) is module:
+            del sys.modules[name]
+    package = sys.modules.get("pyroute2")
+    if "pyroute2.config" in added and getattr(package, "config", None) is added["pyroute2.config"]:
+        delattr(package, "config")   # so `pyroute2.config` resolves to the real one later
+
+
+# name -> module of the message classes used here; each is imported on first use (teardown needs only ifinfmsg)
+_MESSAGE_MODULES = {"ifinfmsg": "pyroute2.netlink.rtnl.ifinfmsg",
+                    "ifaddrmsg": "pyroute2.netlink.rtnl.ifaddrmsg",
+                    "rtmsg": "pyroute2.netlink.rtnl.rtmsg"}
+_lean_dir: str | None = None   # pyroute2's directory once the lean way is chosen
+_chosen = False
+
+
+def _message_class(name: str) -> type:
+    """Import one message class: the lean way for pyroute2 0.9.x, the ordinary way otherwise.
+
+    The way is chosen once per process, at the first import: lean only if
+    nothing of pyroute2 is imported yet and its version is one checked here.
+    """
+    global _lean_dir, _chosen
+    if not _chosen:
+        _chosen = True
+        if "pyroute2" not in sys.modules:
+            spec = _pyroute2_spec()
+            package_dir = list(spec.submodule_search_locations or ())[0]
+            if installed_version(package_dir).startswith(LEAN_VERSIONS):
+                _install_light_package(spec)
+                _lean_dir = package_dir
+    module_name = _MESSAGE_MODULES[name]
+    module = sys.modules.get(module_name)
+    if module is not None:
+        return getattr(module, name)
+    added = _add_stand_ins(_lean_dir) if _lean_dir is not None else {}
+    try:
+        __import__(module_name)
+    finally:
+        _remove_stand_ins(added)
+    return getattr(sys.modules[module_name], name)
+
+
+def ifinfmsg() -> nlmsg:
+    """A new, empty pyroute2 ifinfmsg (links), its class imported on first use."""
+    return _message_class("ifinfmsg")()
+
+
+def ifaddrmsg() -> nlmsg:
+    """A new, empty pyroute2 ifaddrmsg (addresses), its class imported on first use."""
+    return _message_class("ifaddrmsg")()
+
+
+def rtmsg() -> nlmsg:
+    """A new, empty pyroute2 rtmsg (routes), its class imported on first use."""
+    return _message_class("rtmsg")()
+
 
 __all__ = ["Rtnl", "ifaddrmsg", "ifinfmsg", "rtmsg", "set_link_up", "socket_in"]
 

@@ -18,39 +18,63 @@ now); `remove_network` removes them.
 """
 from __future__ import annotations
 
-import json
+import _json
 import os
-import re
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
 
 from hanok.netns import ipam, namespace
 from hanok.runtime.errors import BadState, Exists, HanokError, InvalidArgument, NetError, NotFound
 
 if False:  # for type checkers only: nat is imported when ports or masquerade are used
+    from collections.abc import Callable, Iterable
+
     from hanok.netns import nat
 
 DEFAULT_NETWORK = "hanok"
 DEFAULT_BRIDGE = "hanok0"
 DEFAULT_SUBNET = "10.89.0.0/24"
 MODES = ("bridge", "none", "host")
-NETWORK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-BRIDGE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
-@dataclass
+def is_network_name(name: str) -> bool:
+    """1-64 characters of [a-zA-Z0-9_.-], the first alphanumeric."""
+    return 0 < len(name) <= 64 and name[0] not in "_.-" and _NAME_CHARS.issuperset(name)
+
+
+def is_bridge_name(name: str) -> bool:
+    """1-15 characters (IFNAMSIZ) of [a-zA-Z0-9_.-]."""
+    return 0 < len(name) <= 15 and _NAME_CHARS.issuperset(name)
+
+
 class NetworkConfig:
-    """One bridge network: its bridge device, IPv4 subnet and gateway."""
+    """One bridge network: its bridge device, IPv4 subnet and gateway.
 
-    name: str
-    bridge: str
-    subnet: str
-    gateway: str
-    mtu: int = 1500
-    masquerade: bool = True
+    A plain class rather than a dataclass: `dataclasses` pulls in inspect
+    (~6 ms), paid by every process that sets up or tears down a sandbox.
+    """
+
+    __slots__ = ("name", "bridge", "subnet", "gateway", "mtu", "masquerade")
+
+    def __init__(self, name: str, bridge: str, subnet: str, gateway: str, mtu: int = 1500,
+                 masquerade: bool = True):
+        self.name = name
+        self.bridge = bridge
+        self.subnet = subnet
+        self.gateway = gateway
+        self.mtu = mtu
+        self.masquerade = masquerade
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields by name, as stored in networks.json and printed by `hanok network inspect`."""
+        return {field: getattr(self, field) for field in self.__slots__}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NetworkConfig):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return "NetworkConfig(" + ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items()) + ")"
 
 
 def _default_network() -> NetworkConfig:
@@ -61,24 +85,62 @@ def _net_dir(state_root: str) -> str:
     return os.path.join(state_root, "net")
 
 
+# JSON through the C module `_json` that the `json` package wraps: `import json`
+# costs ~5 ms here (re, enum), paid by every setup and teardown. Records hold
+# only dicts, lists, str, int, bool and None. (runtime/jsonio.py does the same
+# for runtime state, but DESIGN.md's dependency rule keeps netns from using it.)
+
+class _DecoderSettings:
+    """The attributes _json.make_scanner reads: json.JSONDecoder's defaults."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float     # NaN, Infinity, -Infinity
+
+
+def _unserialisable(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_JSON_SPACE = " \t\n\r"
+_scan_json = _json.make_scanner(_DecoderSettings)  # type: ignore[arg-type]  # typeshed wants an instance
+# (markers, default, encoder, indent, key_separator, item_separator, sort_keys, skipkeys, allow_nan):
+# what json.dumps(sort_keys=True) passes, without the circular-reference markers records never need
+_encode_json = _json.make_encoder(None, _unserialisable, _json.encode_basestring_ascii, None, ": ", ", ",
+                                  True, False, True)
+
+
 def _write_json(path: str, data: object) -> None:
     """Write JSON atomically: temp file, fsync, rename."""
+    text = "".join(_encode_json(data, 0)) + "\n"
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
 def _read_json(path: str) -> dict | None:
+    """The JSON object in `path`, None when the file is missing; NetError when it is not a JSON object."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            text = f.read()
     except FileNotFoundError:
         return None
+    start = len(text) - len(text.lstrip(_JSON_SPACE))
+    try:
+        value, end = _scan_json(text, start)
+    except StopIteration as e:       # _json's way of saying "no value starts here"
+        raise NetError(f"{path} is corrupt: no JSON value at character {e.value}") from None
     except ValueError as e:
-        raise NetError(f"{path} is corrupt: {e}") from e
+        raise NetError(f"{path} is corrupt: {e}") from None
+    if text[end:].strip(_JSON_SPACE) or not isinstance(value, dict):
+        raise NetError(f"{path} is corrupt: not one JSON object")
+    return value
 
 
 # -- networks ---------------------------------------------------------------
@@ -123,7 +185,7 @@ def _default_bridge_name(name: str) -> str:
     if name == DEFAULT_NETWORK:
         return DEFAULT_BRIDGE
     candidate = f"hk-{name}"
-    if BRIDGE_NAME_RE.match(candidate):
+    if is_bridge_name(candidate):
         return candidate
     import hashlib
 
@@ -139,7 +201,7 @@ def create_network(state_root: str, name: str, subnet: str, bridge: str | None =
     """
     import ipaddress
 
-    if not NETWORK_NAME_RE.match(name):
+    if not is_network_name(name):
         raise InvalidArgument(f"bad network name {name!r}: want 1-64 characters of [a-zA-Z0-9_.-]")
     try:
         net = ipaddress.IPv4Network(subnet, strict=True)
@@ -156,7 +218,7 @@ def create_network(state_root: str, name: str, subnet: str, bridge: str | None =
     if gateway_address not in net or gateway_address in (net.network_address, net.broadcast_address):
         raise InvalidArgument(f"bad gateway {gateway}: not a host address of {subnet}")
     bridge = bridge or _default_bridge_name(name)
-    if not BRIDGE_NAME_RE.match(bridge):
+    if not is_bridge_name(bridge):
         raise InvalidArgument(f"bad bridge name {bridge!r}: want 1-15 characters of [a-zA-Z0-9_.-]")
     if not 68 <= mtu <= 65535:
         raise InvalidArgument(f"bad mtu {mtu}: want 68-65535")
@@ -229,8 +291,8 @@ def _nat():
 
 
 def _links():
-    """bridge.py, imported on first use: it loads pyroute2 (~30 ms), which listing
-    networks or finding a namespace's path does not need."""
+    """bridge.py, imported on first use; the pyroute2 message classes it uses (~20 ms
+    with socket and typing) load only when a netlink message is first built."""
     from hanok.netns import bridge
 
     return bridge
@@ -390,16 +452,20 @@ def teardown(state_root: str, run_dir: str, owner: str) -> None:
     if record is None or record.get("ports"):
         if record is not None or _nat_available():
             attempt(lambda: _nat().remove_ports(owner))
+    # The namespace goes first: when nothing else holds it, the kernel deletes
+    # the veth pair with it, which is much cheaper than deleting the pair from
+    # here (bridge.detach_after_namespace). The lease is freed once the pair is
+    # gone, so its address is never on two interfaces at once.
+    attempt(lambda: namespace.remove(run_dir, owner))
     if record is None or record.get("mode") == "bridge":
         links = _links()
-        attempt(lambda: links.detach(links.host_ifname(owner)))
+        attempt(lambda: links.detach_after_namespace(links.host_ifname(owner)))
         if record is not None:
             names = [record["network"]]
         else:
             names = list(_all_networks(state_root))
         for name in names:
             attempt(lambda: _release(state_root, name, owner))
-    attempt(lambda: namespace.remove(run_dir, owner))
     if record is None or "files" in record:
         attempt(lambda: _remove_tree(_dns_dir(run_dir, owner)))
     if errors:
@@ -441,10 +507,10 @@ def gc(state_root: str, run_dir: str, is_alive: Callable[[str], bool]) -> dict:
     pools = [_pool(state_root, config) for config in _all_networks(state_root).values()]
     for pool in pools:
         owners.update(pool.leases())
-    owners.update(n for n in namespace.list_names(run_dir) if ipam.OWNER_RE.match(n))
+    owners.update(n for n in namespace.list_names(run_dir) if ipam.is_owner(n))
     if _nat_available():
         owners.update(_nat().owners())
-    dead = sorted(o for o in owners if ipam.OWNER_RE.match(o) and not is_alive(o))
+    dead = sorted(o for o in owners if ipam.is_owner(o) and not is_alive(o))
     errors: list[HanokError] = []
     for owner in dead:
         try:

@@ -13,6 +13,16 @@ What is measured, whole process against whole process:
   DEL  hanok: a fresh interpreter runs `network.teardown()`.
        CNI: the same plugin with CNI_COMMAND=DEL.
 
+  START the interpreter alone (`python -c pass`, same interpreter and
+       environment), timed in the same alternation: the part of hanok's
+       time that no change to hanok can remove, printed as the floor.
+
+hanok runs from the source tree (PYTHONPATH) but with its bytecode cached, as
+an installed package has it: the children get PYTHONPYCACHEPREFIX under the
+bench's temp dir (nothing is written into the tree) and never inherit
+PYTHONDONTWRITEBYTECODE, so the warm-up rounds compile every module once.
+Otherwise each hanok process would compile its modules from source (~7 ms).
+
 Both sides run alternated A B A B in one run, so a shared machine's noise
 hits both alike; medians, p90s and the hanok/CNI ratio are printed, never a
 pass/fail threshold (TESTING.md). Everything made is removed at the end: the
@@ -85,8 +95,9 @@ class Bench:
         octet = 200 + secrets.randbelow(50)
         self.hanok_subnet = f"10.{octet}.10.0/24"
         self.cni_subnet = f"10.{octet}.20.0/24"
-        self.env = dict(os.environ, PYTHONPATH=hanok_source_root(tmp),
+        self.env = dict(os.environ, PYTHONPATH=hanok_source_root(tmp), PYTHONPYCACHEPREFIX=str(tmp / "pycache"),
                         HANOK_NFT_TABLE="hanokbench" + tag)
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.cni_config = json.dumps({
             "cniVersion": "0.4.0", "name": "hkbench" + tag, "type": "bridge", "bridge": self.cni_bridge,
             "isGateway": True, "ipMasq": True, "hairpinMode": True,
@@ -121,10 +132,13 @@ class Bench:
         self.cni_netns.discard(name)
         return {"ADD": add, "DEL": delete}
 
+    def start_cycle(self, i: int) -> dict[str, int]:
+        return {"START": timed([self.python, "-c", "pass"], self.env)}
+
     def measure(self) -> dict[str, dict[str, list[int]]]:
-        samples: dict[str, dict[str, list[int]]] = {"hanok": {}, "cni": {}}
+        samples: dict[str, dict[str, list[int]]] = {"hanok": {}, "cni": {}, "python": {}}
         for i in range(WARMUP + self.pairs):
-            for label, cycle in (("hanok", self.hanok_cycle), ("cni", self.cni_cycle)):
+            for label, cycle in (("hanok", self.hanok_cycle), ("cni", self.cni_cycle), ("python", self.start_cycle)):
                 sample = cycle(i)
                 if i >= WARMUP:
                     for key, ns in sample.items():
@@ -158,6 +172,9 @@ def summarize(samples: dict[str, dict[str, list[int]]]) -> dict[str, dict[str, f
             row[f"{label}_p90_ms"] = values[int(0.9 * (len(values) - 1))] / 1e6
         row["ratio"] = row["hanok_median_ms"] / row["cni_median_ms"]
         results[step] = row
+    start = sorted(samples["python"]["START"])
+    results["START"] = {"python_median_ms": statistics.median(start) / 1e6,
+                        "python_p90_ms": start[int(0.9 * (len(start) - 1))] / 1e6}
     return results
 
 
@@ -203,9 +220,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"network setup/teardown of one sandbox, {args.pairs} pairs (+{WARMUP} warm-up), alternated")
     print(f"{'step':<5} {'hanok median':>13} {'p90':>8} {'CNI median':>11} {'p90':>8} {'hanok/CNI':>10}")
-    for step, row in results.items():
+    for step in ("ADD", "DEL"):
+        row = results[step]
         print(f"{step:<5} {row['hanok_median_ms']:>10.1f} ms {row['hanok_p90_ms']:>5.1f} ms "
               f"{row['cni_median_ms']:>8.1f} ms {row['cni_p90_ms']:>5.1f} ms {row['ratio']:>9.2f}x")
+    start = results["START"]["python_median_ms"]
+    print(f"floor: `{args.python} -c pass` takes {start:.1f} ms (p90 {results['START']['python_p90_ms']:.1f} ms), "
+          f"{start / results['ADD']['cni_median_ms']:.2f}x CNI's ADD and "
+          f"{start / results['DEL']['cni_median_ms']:.2f}x its DEL before hanok does anything")
     print("(issue 5 target: hanok at most 0.5x CNI)")
     return 0
 
