@@ -108,6 +108,9 @@ def enable_ip_forward() -> None:
             f.write(b"1")
 
 
+BRIDGE_ALIAS = "hanok network bridge"  # ifalias of the bridges hanok makes: the only ones it changes or deletes
+
+
 def ensure_bridge(name: str, gateway_cidr: str, mtu: int = 1500) -> None:
     """Make bridge `name` exist, carry `gateway_cidr` and be up; whatever is there already is kept."""
     if len(name) > IFNAMSIZ_MAX:
@@ -122,11 +125,23 @@ def ensure_bridge(name: str, gateway_cidr: str, mtu: int = 1500) -> None:
                         ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]})]
         try:
             rtnl.request(msg, _pyroute.RTM_NEWLINK, _pyroute.NLM_F_CREATE | _pyroute.NLM_F_EXCL)
-            explain.step(f"ip link add {name} mtu {mtu} address {mac} type bridge",
-                         "the switch every sandbox's veth plugs into")
+            try:  # the kernel takes an alias only on an existing link (do_setlink), so in a second message
+                alias = _pyroute.ifinfmsg()
+                alias["index"] = socket.if_nametoindex(name)
+                alias["attrs"] = [("IFLA_IFALIAS", BRIDGE_ALIAS)]
+                rtnl.request(alias, _pyroute.RTM_NEWLINK)
+            except OSError:
+                _delete_link(name)
+                raise
+            explain.step(f"ip link add {name} mtu {mtu} address {mac} type bridge && "
+                         f"ip link set {name} alias {BRIDGE_ALIAS}",
+                         "the switch every sandbox's veth plugs into, marked as hanok's")
         except FileExistsError:
             if not os.path.isdir(f"/sys/class/net/{name}/bridge"):
                 raise NetError(f"{name} exists and is not a bridge") from None
+            if not made_by_hanok(name):
+                raise NetError(f"bridge {name} exists and was not made by hanok: choose another bridge name "
+                               f"(hanok would add addresses to it and delete it with its network)") from None
         except OSError as e:
             raise NetError(f"cannot create bridge {name}: {e.strerror}") from e
         try:
@@ -141,8 +156,18 @@ def ensure_bridge(name: str, gateway_cidr: str, mtu: int = 1500) -> None:
 
 
 def remove_bridge(name: str) -> None:
-    """ip link delete NAME; a bridge that is gone already is fine."""
-    _delete_link(name)
+    """ip link delete NAME, only if hanok made it; a bridge that is gone already is fine."""
+    if os.path.isdir(f"/sys/class/net/{name}") and made_by_hanok(name):
+        _delete_link(name)
+
+
+def made_by_hanok(name: str) -> bool:
+    """Whether the link carries the alias ensure_bridge gives the bridges it creates."""
+    try:
+        with open(f"/sys/class/net/{name}/ifalias") as f:
+            return f.read().strip() == BRIDGE_ALIAS
+    except OSError:
+        return False
 
 
 def _delete_link(ifname: str) -> bool:

@@ -385,3 +385,20 @@ def test_attach_failing_inside_the_namespace_deletes_the_pair(env: Env):
     finally:
         namespace.remove(env.run_dir, "unroutable")
     assert result["hostInterface"] in _links()
+
+
+def test_a_bridge_hanok_did_not_make_is_never_used_or_deleted(env: Env):
+    """`network create --bridge br0` must not take over (and later delete) a bridge the host uses."""
+    foreign = "hkt" + os.urandom(3).hex() + "f"
+    subprocess.run(["ip", "link", "add", foreign, "type", "bridge"], check=True)
+    try:
+        network.create_network(env.state_root, "foreign", _random_subnet(), bridge=foreign)
+        with pytest.raises(NetError, match=f"^bridge {foreign} exists and was not made by hanok"):
+            network.setup(env.state_root, env.run_dir, "owner-f", network="foreign")
+        _assert_owner_gone(env, "owner-f")
+        network.remove_network(env.state_root, env.run_dir, "foreign")
+        assert os.path.isdir(f"/sys/class/net/{foreign}")  # still there: not ours to delete
+        assert subprocess.run(["ip", "-4", "-o", "addr", "show", foreign], capture_output=True,
+                              text=True).stdout == ""  # and no address was added to it
+    finally:
+        subprocess.run(["ip", "link", "del", foreign], capture_output=True)
