@@ -264,7 +264,7 @@ def preload(process: dict, seccomp: dict | None, hooks: bool) -> None:
     if seccomp:
         from hanok.runtime import seccomp as seccomp_mod
 
-        seccomp_mod.validate(seccomp)  # also opens libseccomp while the host's /usr is visible
+        seccomp_mod.prepare(seccomp)  # validates; reads (or builds and caches) the BPF while the host is visible
     if hooks:
         from hanok.runtime import hooks as hooks_mod  # noqa: F401
         import subprocess  # noqa: F401

@@ -6,7 +6,9 @@ instead, which is slower but still correct. Every wrapper raises OSError with
 errno and the path, like the os module does, so callers handle one error type.
 Leaf module: imports nothing of hanok except its own generated bindings.
 """
+import errno
 import os
+import sys
 
 try:
     from hanok.runtime._syscalls_cffi import ffi
@@ -77,10 +79,19 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 # syscall numbers that glibc 2.36 has no wrapper for
 _NR = {
-    "x86_64": {"pivot_root": 155, "keyctl": 250},
-    "aarch64": {"pivot_root": 41, "keyctl": 219},
+    "x86_64": {"pivot_root": 155, "keyctl": 250, "seccomp": 317},
+    "aarch64": {"pivot_root": 41, "keyctl": 219, "seccomp": 277},
 }[os.uname().machine]
 KEYCTL_JOIN_SESSION_KEYRING = 1
+
+# seccomp(2) (linux/seccomp.h)
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_TSYNC = 1
+SECCOMP_FILTER_FLAG_LOG = 2
+SECCOMP_FILTER_FLAG_SPEC_ALLOW = 4
+SECCOMP_FILTER_FLAG_TSYNC_ESRCH = 16  # Linux 5.7: a failed TSYNC returns ESRCH, not a thread id
+BPF_INSTRUCTION_SIZE = 8  # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k
+BPF_MAXINSNS = 4096  # the kernel refuses longer classic BPF programs
 
 
 def _check(ret: int, *paths: str) -> int:
@@ -122,6 +133,48 @@ def join_session_keyring(name: str | None = None) -> None:
     """Give the process its own session keyring (runc does so unless --no-new-keyring)."""
     arg = ffi.new("char[]", name.encode()) if name else ffi.cast("char *", 0)
     _check(libc.syscall(_NR["keyctl"], ffi.cast("long", KEYCTL_JOIN_SESSION_KEYRING), arg))
+
+
+class SockFprog:
+    """A `struct sock_fprog` for a classic BPF program, in memory owned by this object.
+
+    Built ahead of time (in the parent, while the host's files are visible) so
+    installing the filter late in the container's init is a single syscall
+    with nothing left to allocate or parse. 64-bit layout only: unsigned short
+    len, 6 bytes of padding, then the pointer to the struct sock_filter array.
+    """
+
+    def __init__(self, program: bytes):
+        if not program or len(program) % BPF_INSTRUCTION_SIZE:
+            raise ValueError(f"a BPF program is a non-empty multiple of {BPF_INSTRUCTION_SIZE} bytes,"
+                             f" got {len(program)}")
+        self.instructions = len(program) // BPF_INSTRUCTION_SIZE
+        self._filter = ffi.new("char[]", program)  # referenced by _struct: must live as long
+        address = int(ffi.cast("uintptr_t", self._filter))
+        self._struct = ffi.new("char[]", self.instructions.to_bytes(2, sys.byteorder) + bytes(6)
+                               + address.to_bytes(8, sys.byteorder))
+
+
+def seccomp_set_mode_filter(prog: SockFprog, flags: int = 0) -> None:
+    """seccomp(SECCOMP_SET_MODE_FILTER, flags, prog): install a filter on this thread.
+
+    The kernel needs no_new_privs or CAP_SYS_ADMIN (EACCES otherwise). With
+    SECCOMP_FILTER_FLAG_TSYNC a positive return is the id of a thread that
+    could not be synchronised: reported as ESRCH, since nothing was installed.
+    """
+    ret = libc.syscall(ffi.cast("long", _NR["seccomp"]), ffi.cast("long", SECCOMP_SET_MODE_FILTER),
+                       ffi.cast("long", flags), prog._struct)
+    if ret > 0:
+        raise OSError(errno.ESRCH, f"seccomp: thread {ret} could not be synchronised (SECCOMP_FILTER_FLAG_TSYNC)")
+    _check(ret)
+
+
+def seccomp_flag_supported(flag: int) -> bool:
+    """Whether the kernel knows a SECCOMP_FILTER_FLAG_*: libseccomp's probe, a
+    filter call with no program, which fails with EFAULT once the flags pass."""
+    ret = libc.syscall(ffi.cast("long", _NR["seccomp"]), ffi.cast("long", SECCOMP_SET_MODE_FILTER),
+                       ffi.cast("long", flag), ffi.cast("void *", 0))
+    return ret == -1 and ffi.errno == errno.EFAULT
 
 
 def sethostname(name: str) -> None:

@@ -1,8 +1,11 @@
 """Cost of the default seccomp profile: build (us), import (us), container start (ms).
 
 Run as root: /opt/hanok/bin/python tests/bench/bench_seccomp.py [--pairs N]
-Container runs alternate A (no seccomp) and B (default profile) in one run;
-medians and the B-A difference are printed, never a threshold.
+Container runs alternate A (no seccomp), B (default profile, cache miss: a
+fresh $HANOK_SECCOMP_CACHE each run) and C (default profile, cache hit) in one
+run; medians and the differences to A are printed, never a threshold. In-process
+figures: seccomp.prepare() on a miss and a hit, and seccomp.load() installing
+the filter through libseccomp versus the prepared program, each in a forked child.
 """
 from __future__ import annotations
 
@@ -55,11 +58,61 @@ def importtime_us(module: str, runs: int = 15) -> float:
     return statistics.median(samples)
 
 
-def run_ms(binary: str, root: Path, bundle: Path, cid: str) -> float:
+def prepare_us(tmp: Path) -> tuple[float, float]:
+    """Median cost of seccomp.prepare(docker's profile): (miss, hit), in us."""
+    profile = default_profile(DOCKER_CAPS)
+    misses, hits = [], []
+    for i in range(30):
+        t0 = time.perf_counter_ns()
+        seccomp.prepare(profile, str(tmp / f"prepare-miss-{i}"))
+        misses.append((time.perf_counter_ns() - t0) / 1e3)
+        t0 = time.perf_counter_ns()
+        prepared = seccomp.prepare(profile, str(tmp / "prepare-miss-0"))
+        hits.append((time.perf_counter_ns() - t0) / 1e3)
+        assert prepared.hit
+    return statistics.median(misses), statistics.median(hits)
+
+
+def _load_in_child_us(profile: dict, prepared: bool) -> float:
+    """Time seccomp.load() in a forked child (with no_new_privs), via libseccomp or the prepared program."""
+    from hanok.runtime import syscalls
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if not prepared:
+                seccomp._prepared = None
+            syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1)
+            t0 = time.perf_counter_ns()
+            seccomp.load(profile)
+            os.write(w, str((time.perf_counter_ns() - t0) / 1e3).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    out = os.read(r, 64)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return float(out)
+
+
+def load_us(tmp: Path) -> tuple[float, float]:
+    """Median cost of installing the filter in the child: (libseccomp, prepared), in us, alternated."""
+    profile = default_profile(DOCKER_CAPS)
+    seccomp.prepare(profile, str(tmp / "load-cache"))
+    slow, fast = [], []
+    for _ in range(30):
+        slow.append(_load_in_child_us(profile, prepared=False))
+        fast.append(_load_in_child_us(profile, prepared=True))
+    return statistics.median(slow), statistics.median(fast)
+
+
+def run_ms(binary: str, root: Path, bundle: Path, cid: str, cache: Path) -> float:
+    env = {**os.environ, seccomp.CACHE_DIR_ENV: str(cache)}
     with tempfile.TemporaryFile() as out:
         t0 = time.perf_counter_ns()
         rc = subprocess.run([binary, "--root", str(root), "run", "--bundle", str(bundle), cid],
-                            stdin=subprocess.DEVNULL, stdout=out, stderr=out).returncode
+                            stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env).returncode
         ns = time.perf_counter_ns() - t0
         if rc != 0:
             out.seek(0)
@@ -98,24 +151,35 @@ def main() -> None:
         print(f"import hanok.runtime.seccomp_default (-X importtime, cumulative, median of 15): "
               f"{importtime_us('hanok.runtime.seccomp_default'):.0f} us")
         print(f"import json (-X importtime, median of 15): {importtime_us('json'):.0f} us")
+        miss, hit = prepare_us(tmp)
+        print(f"seccomp.prepare(docker profile), median of 30: miss {miss:.0f} us, hit {hit:.0f} us")
+        slow, fast = load_us(tmp)
+        print(f"seccomp.load() in a child, median of 30 alternated: libseccomp {slow:.0f} us,"
+              f" prepared program {fast:.0f} us")
         root = tmp / "state"
         root.mkdir()
         plain = make_bundle(tmp, "plain", False, args.nnp)
         filtered = make_bundle(tmp, "seccomp", True, args.nnp)
+        warm_cache = tmp / "cache-hit"
         a: list[float] = []
         b: list[float] = []
+        c: list[float] = []
         for i in range(WARMUP + args.pairs):
-            ta = run_ms(args.hanok, root, plain, f"a{i}")
-            tb = run_ms(args.hanok, root, filtered, f"b{i}")
+            ta = run_ms(args.hanok, root, plain, f"a{i}", warm_cache)
+            tb = run_ms(args.hanok, root, filtered, f"b{i}", tmp / f"cache-miss-{i}")
+            tc = run_ms(args.hanok, root, filtered, f"c{i}", warm_cache)
             if i >= WARMUP:
                 a.append(ta)
                 b.append(tb)
-        ma, mb = statistics.median(a), statistics.median(b)
-        diffs = statistics.median([y - x for x, y in zip(a, b)])
-        print(f"{os.path.basename(args.hanok)} run /bin/true, {args.pairs} alternated pairs, noNewPrivileges={args.nnp}:")
-        print(f"  without seccomp: median {ma:.1f} ms")
-        print(f"  default profile: median {mb:.1f} ms")
-        print(f"  difference: {mb - ma:+.1f} ms (median of pairwise differences {diffs:+.1f} ms), ratio {mb / ma:.2f}")
+                c.append(tc)
+        ma, mb, mc = statistics.median(a), statistics.median(b), statistics.median(c)
+        print(f"{os.path.basename(args.hanok)} run /bin/true, {args.pairs} alternated triples (A B C),"
+              f" noNewPrivileges={args.nnp}:")
+        print(f"  A without seccomp:              median {ma:.1f} ms")
+        for label, m, samples in (("B default profile, cache miss:", mb, b), ("C default profile, cache hit: ", mc, c)):
+            diffs = statistics.median([y - x for x, y in zip(a, samples)])
+            print(f"  {label}  median {m:.1f} ms, {m - ma:+.1f} ms vs A (median of pairwise differences"
+                  f" {diffs:+.1f} ms), ratio {m / ma:.2f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

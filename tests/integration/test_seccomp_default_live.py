@@ -113,7 +113,7 @@ chroot / true && echo chroot-ok
 (echo sub) | tr a-z A-Z
 nc -l -p 7777 > /tmp/got &
 i=0
-until echo ping | nc 127.0.0.1 7777; do
+until echo ping | nc 127.0.0.1 7777 2>/dev/null; do  # refused until the listener is up
   i=$((i + 1)); [ $i -gt 100 ] && break; sleep 0.05
 done
 wait

@@ -10,6 +10,7 @@ import copy
 import errno
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -18,7 +19,6 @@ import traceback
 from typing import Any, Callable
 
 import pytest
-
 from hanok.runtime import errors, explain, seccomp, syscalls
 
 # classic BPF opcodes as libseccomp emits them
@@ -141,7 +141,7 @@ def errno_of(fn: Callable[[], Any]) -> int:
     try:
         fn()
     except OSError as e:
-        return e.errno
+        return e.errno or 0
     return 0
 
 
@@ -335,8 +335,8 @@ def test_export_without_architectures_has_only_the_native_one() -> None:
 
 
 def test_export_size_changes_when_a_rule_is_added() -> None:
-    base = {"defaultAction": "SCMP_ACT_ALLOW",
-            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}
+    base: dict[str, Any] = {"defaultAction": "SCMP_ACT_ALLOW",
+                            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}
     more = copy.deepcopy(base)
     more["syscalls"].append({"names": ["rmdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13})
     a, b = export(base), export(more)
@@ -554,3 +554,308 @@ def test_load_without_nnp_or_cap_sys_admin_explains_eacces() -> None:
     assert out["errno"] == errno.EACCES
     assert "seccomp_load" in out["msg"] and "CAP_SYS_ADMIN" in out["msg"]
     assert out["getcwd"] == 0  # nothing was installed
+
+
+# --- the compiled-program cache (prepare -> load) ------------------------------
+
+
+@pytest.fixture
+def forget_prepared() -> Any:
+    """prepare() remembers its program for load(): never let it reach another test."""
+    yield
+    seccomp._prepared = None
+
+
+def _reordered(value: Any) -> Any:
+    """The same JSON value with every object's keys in reverse order."""
+    if isinstance(value, dict):
+        return {k: _reordered(value[k]) for k in reversed(list(value))}
+    if isinstance(value, list):
+        return [_reordered(v) for v in value]
+    return value
+
+
+def test_cache_key_ignores_key_order() -> None:
+    profile = docker_profile()
+    again = _reordered(profile)
+    assert list(again) != list(profile) and again == profile
+    assert seccomp.cache_key(again) == seccomp.cache_key(profile)
+    assert len(seccomp.cache_key(profile)) == 64
+    assert seccomp.cache_key(profile) == seccomp.cache_key(copy.deepcopy(profile))
+
+
+@pytest.mark.parametrize("mutate", [
+    _set(["syscalls", 5, "errnoRet"], 39),
+    _set(["architectures"], ["SCMP_ARCH_X86_64"]),
+    _set(["flags"], ["SECCOMP_FILTER_FLAG_LOG"]),
+    _set(["defaultErrnoRet"], 38),
+    _delete(["syscalls", 8]),
+], ids=["errnoRet", "architectures", "flags", "defaultErrnoRet", "one-rule-less"])
+def test_cache_key_changes_with_the_profile(mutate: Callable[[dict[str, Any]], None]) -> None:
+    profile = docker_profile()
+    changed = copy.deepcopy(profile)
+    mutate(changed)
+    assert seccomp.cache_key(changed) != seccomp.cache_key(profile)
+
+
+def test_cache_key_changes_with_the_host_architecture(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No second architecture to run on: a uname that reports one is the only way.
+    profile = docker_profile()
+    here = seccomp.cache_key(profile)
+    real = os.uname()
+    other = "aarch64" if real.machine != "aarch64" else "x86_64"
+    fake = os.uname_result((real.sysname, real.nodename, real.release, real.version, other))
+    monkeypatch.setattr(os, "uname", lambda: fake)
+    assert seccomp.cache_key(profile) != here
+
+
+def _cache_file(prepared: seccomp.Prepared) -> bytes:
+    assert prepared.path is not None
+    with open(prepared.path, "rb") as f:
+        return f.read()
+
+
+def test_prepare_misses_then_hits_with_the_program_libseccomp_exports(tmp_path: Any,
+                                                                      forget_prepared: Any) -> None:
+    cache = str(tmp_path / "cache")
+    profile = docker_profile()
+    first = seccomp.prepare(profile, cache)
+    assert (first.hit, first.path) == (False, os.path.join(cache, first.key))
+    assert os.stat(cache).st_mode & 0o7777 == 0o700
+    assert os.stat(first.path).st_mode & 0o7777 == 0o600
+    assert os.listdir(cache) == [first.key]  # no temporary file left behind
+    data = _cache_file(first)
+    program = export(profile)
+    assert data[:8] == b"HNKBPF01"
+    assert data[8:40] == bytes.fromhex(first.key)
+    assert int.from_bytes(data[40:44], "little") == len(program) // 8 == first.instructions
+    assert data[44:48] == bytes(4)
+    assert data[48:] == program
+
+    second = seccomp.prepare(_reordered(profile), cache)
+    assert (second.hit, second.key, second.instructions) == (True, first.key, first.instructions)
+    assert _cache_file(second) == data
+
+
+def _truncate(data: bytes) -> bytes:
+    return data[:-8]
+
+
+def _append_insn(data: bytes) -> bytes:
+    return data + bytes(8)
+
+
+def _odd_length(data: bytes) -> bytes:
+    return data + b"abc"
+
+
+def _bad_magic(data: bytes) -> bytes:
+    return b"XXXXXXXX" + data[8:]
+
+
+def _count_zero(data: bytes) -> bytes:
+    return data[:40] + bytes(4) + data[44:48]
+
+
+def _header_only(data: bytes) -> bytes:
+    return data[:30]
+
+
+def _other_key(data: bytes) -> bytes:
+    return data[:8] + bytes(32) + data[40:]
+
+
+@pytest.mark.parametrize("corrupt", [_truncate, _append_insn, _odd_length, _bad_magic, _count_zero,
+                                     _header_only, _other_key])
+def test_prepare_rebuilds_a_corrupt_cache_file(tmp_path: Any, forget_prepared: Any,
+                                               corrupt: Callable[[bytes], bytes]) -> None:
+    cache = str(tmp_path / "cache")
+    profile = docker_profile()
+    first = seccomp.prepare(profile, cache)
+    good = _cache_file(first)
+    assert first.path is not None
+    with open(first.path, "wb") as f:
+        f.write(corrupt(good))
+    assert seccomp.read_cached(first.path, first.key) is None
+    again = seccomp.prepare(profile, cache)
+    assert (again.hit, again.instructions) == (False, first.instructions)
+    assert _cache_file(again) == good  # replaced by a good copy
+    assert seccomp.prepare(profile, cache).hit
+
+
+def test_a_cache_file_for_another_profile_is_not_loaded(tmp_path: Any, forget_prepared: Any) -> None:
+    # A (valid) file copied under another key's name: its header names its own key.
+    cache = str(tmp_path / "cache")
+    allow_all = seccomp.prepare({"defaultAction": "SCMP_ACT_ALLOW"}, cache)
+    profile = docker_profile()
+    key = seccomp.cache_key(profile)
+    assert allow_all.path is not None
+    os.rename(allow_all.path, os.path.join(cache, key))
+    prepared = seccomp.prepare(profile, cache)
+    assert not prepared.hit
+    assert _cache_file(prepared)[48:] == export(profile)
+
+
+def test_a_cache_file_others_can_write_is_not_trusted(tmp_path: Any, forget_prepared: Any) -> None:
+    cache = str(tmp_path / "cache")
+    profile = docker_profile()
+    first = seccomp.prepare(profile, cache)
+    assert first.path is not None
+    os.chmod(first.path, 0o622)
+    assert seccomp.read_cached(first.path, first.key) is None
+    assert not seccomp.prepare(profile, cache).hit
+    assert os.stat(first.path).st_mode & 0o7777 == 0o600
+
+
+def test_an_open_cache_directory_is_not_used(tmp_path: Any, forget_prepared: Any) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o755)
+    cache.chmod(0o755)
+    prepared = seccomp.prepare(docker_profile(), str(cache))
+    assert (prepared.hit, prepared.path) == (False, None)
+    assert list(cache.iterdir()) == []
+    assert prepared.instructions == len(export(docker_profile())) // 8
+
+
+def test_an_unwritable_cache_does_not_fail_prepare(tmp_path: Any, forget_prepared: Any) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    prepared = seccomp.prepare(docker_profile(), str(not_a_dir / "cache"))
+    assert (prepared.hit, prepared.path) == (False, None)
+    assert prepared.instructions == len(export(docker_profile())) // 8
+
+
+def test_write_cached_failure_returns_false(tmp_path: Any) -> None:
+    assert not seccomp.write_cached(str(tmp_path / "missing" / "x"), "00" * 32, bytes(8))
+    assert not (tmp_path / "missing").exists()
+
+
+def test_prepare_uses_the_environment_variable(tmp_path: Any, forget_prepared: Any,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(seccomp.CACHE_DIR_ENV, str(tmp_path / "from-env"))
+    prepared = seccomp.prepare(docker_profile())
+    assert prepared.path == str(tmp_path / "from-env" / prepared.key)
+    assert os.path.isfile(prepared.path)
+
+
+def test_prepare_validates_first(tmp_path: Any, forget_prepared: Any) -> None:
+    with pytest.raises(errors.SpecError, match=r"linux.seccomp.defaultAction: required"):
+        seccomp.prepare({"syscalls": []}, str(tmp_path / "cache"))
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["miss", "hit"])
+def test_load_installs_the_prepared_program(tmp_path: Any, forget_prepared: Any, warm: bool) -> None:
+    profile = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "flags": ["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.ENOSYS}],
+    }
+    cache = str(tmp_path / "cache")
+    if warm:
+        seccomp.prepare(copy.deepcopy(profile), cache)
+    prepared = seccomp.prepare(profile, cache)
+    assert prepared.hit == warm
+    esrch = syscalls.SECCOMP_FILTER_FLAG_TSYNC_ESRCH
+    flags = 7 | (esrch if syscalls.seccomp_flag_supported(esrch) else 0)
+    assert prepared.flags == flags
+    target = str(tmp_path / "made-by-child")
+    trace_r, trace_w = os.pipe()
+
+    def body() -> dict[str, Any]:
+        seccomp._lib = None  # the fast path must not need libseccomp at all
+        explain.enable(trace_w)
+        _load_with_nnp(profile)
+        explain.disable()
+        status = open("/proc/self/status").read()
+        return {
+            "mkdir": errno_of(lambda: os.mkdir(target)),
+            "stat": errno_of(lambda: os.stat(str(tmp_path))),
+            "mode": [ln for ln in status.splitlines() if ln.startswith("Seccomp:")][0].split()[1],
+            "libseccomp_used": seccomp._lib is not None,
+        }
+
+    out = run_in_child(body)
+    os.close(trace_w)
+    trace = os.read(trace_r, 4096).decode()
+    os.close(trace_r)
+    assert out == {"mkdir": errno.ENOSYS, "stat": 0, "mode": "2", "libseccomp_used": False}
+    word = "cached" if warm else "compiled"
+    assert trace == (f"+ # seccomp: {word} filter {prepared.key[:16]} ({prepared.instructions} instructions)"
+                     f"    # seccomp(SECCOMP_SET_MODE_FILTER, flags={flags}); no shell equivalent\n")
+
+
+def test_load_of_another_profile_falls_back_to_libseccomp(tmp_path: Any, forget_prepared: Any) -> None:
+    seccomp.prepare({"defaultAction": "SCMP_ACT_ALLOW"}, str(tmp_path / "cache"))
+    profile = {"defaultAction": "SCMP_ACT_ALLOW",
+               "syscalls": [{"names": ["rmdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EROFS}]}
+    (tmp_path / "d").mkdir()
+
+    def body() -> dict[str, Any]:
+        _load_with_nnp(profile)
+        return {"rmdir": errno_of(lambda: os.rmdir(str(tmp_path / "d")))}
+
+    assert run_in_child(body) == {"rmdir": errno.EROFS}
+
+
+def test_prepared_load_without_nnp_or_cap_sys_admin_explains_eacces(tmp_path: Any,
+                                                                    forget_prepared: Any) -> None:
+    if syscalls.prctl(syscalls.PR_GET_NO_NEW_PRIVS) == 1:
+        pytest.skip("this test process already runs with no_new_privs")
+    cap_sys_admin = 1 << 21
+    profile = {"defaultAction": "SCMP_ACT_ALLOW",
+               "syscalls": [{"names": ["getcwd"], "action": "SCMP_ACT_ERRNO"}]}
+    seccomp.prepare(profile, str(tmp_path / "cache"))
+
+    def body() -> dict[str, Any]:
+        eff, perm, inh = syscalls.capget()
+        syscalls.capset(eff & ~cap_sys_admin, perm & ~cap_sys_admin, inh & ~cap_sys_admin)
+        try:
+            seccomp.load(profile)
+        except OSError as e:
+            return {"errno": e.errno, "msg": str(e), "getcwd": errno_of(os.getcwd)}
+        return {"errno": 0}
+
+    out = run_in_child(body)
+    assert out["errno"] == errno.EACCES
+    assert "SECCOMP_SET_MODE_FILTER" in out["msg"] and "CAP_SYS_ADMIN" in out["msg"]
+    assert out["getcwd"] == 0
+
+
+STRACE_SCRIPT = """
+import sys
+from hanok.runtime import seccomp, syscalls
+profile = {"defaultAction": "SCMP_ACT_ALLOW", "flags": sys.argv[2:],
+           "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}
+if sys.argv[1] == "prepared":
+    seccomp.prepare(profile, sys.argv[0] + ".cache")
+syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1)
+seccomp.load(profile)
+"""
+
+
+def _installed_filter_call(tmp_path: Any, how: str, flags: list[str]) -> str:
+    """The seccomp(SECCOMP_SET_MODE_FILTER, ...) call that installed the filter, as strace shows it."""
+    script = tmp_path / f"load-{how}.py"
+    script.write_text(STRACE_SCRIPT)
+    log = tmp_path / f"strace-{how}.txt"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run(["strace", "-qq", "-e", "trace=seccomp", "-o", str(log), sys.executable, str(script),
+                    how, *flags], env=env, check=True)
+    calls = [line for line in log.read_text().splitlines()
+             if line.startswith("seccomp(SECCOMP_SET_MODE_FILTER") and "{len=" in line]
+    assert len(calls) == 1, log.read_text()
+    return calls[0].split("{len=")[0] + calls[0].split("{len=")[1].split(",")[0]
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to see the seccomp(2) call")
+@pytest.mark.parametrize("flags", [
+    [],
+    ["SECCOMP_FILTER_FLAG_TSYNC"],
+    ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
+    ["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
+], ids=["none", "tsync", "log-spec", "all"])
+def test_prepared_load_makes_the_same_syscall_as_libseccomp(tmp_path: Any, flags: list[str]) -> None:
+    via_libseccomp = _installed_filter_call(tmp_path, "libseccomp", flags)
+    prepared = _installed_filter_call(tmp_path, "prepared", flags)
+    assert prepared == via_libseccomp
