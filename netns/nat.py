@@ -32,7 +32,7 @@ Why this shape:
   forward policy is drop. The host here has no ruleset and iptables policies ACCEPT.
 
 IPv4 only (`ip` family): IPv6 publishing and masquerade would need an `inet` table and ip6 rules.
-TABLE is read at each call, so tests may set nat.TABLE as well as $HANOK_NFT_TABLE before importing.
+The table is decided at each call (_table()): tests may set nat.TABLE, or $HANOK_NFT_TABLE at any time.
 
 Every change is one nft script run by libnftables in one call, which the kernel applies as one transaction:
 a failure leaves the table as it was. Changes are serialized by an flock on LOCK_PATH because each one lists
@@ -46,7 +46,13 @@ import os
 from hanok.runtime import explain
 from hanok.runtime.errors import InvalidArgument, NetError, NotSupported
 
-TABLE = os.environ.get("HANOK_NFT_TABLE", "hanok")
+DEFAULT_TABLE = "hanok"
+TABLE: str | None = None  # set by tests (nat.TABLE = ...); else $HANOK_NFT_TABLE, else DEFAULT_TABLE
+
+
+def _table() -> str:
+    """The table to work in, decided at each call: an environment set after import still counts."""
+    return TABLE or os.environ.get("HANOK_NFT_TABLE") or DEFAULT_TABLE
 LOCK_PATH = "/run/hanok-nft.lock"
 OWNER_TAG = "hanok:"
 NETWORK_TAG = "hanok-network:"
@@ -457,7 +463,7 @@ def _apply(commands: list[str], why: str) -> None:
 
 def _installed() -> list[_Rule] | None:
     """The tagged rules in the table, or None when the table does not exist."""
-    text = _run(f"list table ip {TABLE}", _NFT_OUTPUT_JSON, missing_ok=True)
+    text = _run(f"list table ip {_table()}", _NFT_OUTPUT_JSON, missing_ok=True)
     return None if text is None else _parse_listing(text)
 
 
@@ -485,9 +491,9 @@ def _remove_tagged(tag: str, why: str) -> tuple[list[_Rule], list[_Rule]]:
     doomed = [rule for rule in installed if rule.tag == tag]
     remaining = [rule for rule in installed if rule.tag != tag]
     if not remaining:  # also cleans up a table some crash left without tagged rules
-        _apply([f"delete table ip {TABLE}"], f"{why}; nothing else is left in table {TABLE}")
+        _apply([f"delete table ip {_table()}"], f"{why}; nothing else is left in table {_table()}")
     elif doomed:
-        _apply(_delete_commands(TABLE, doomed), why)
+        _apply(_delete_commands(_table(), doomed), why)
     return doomed, remaining
 
 
@@ -529,8 +535,8 @@ def ensure_masquerade(network: str, subnet: str, bridge: str) -> None:
                       for r in mine)
         if have == [(subnet, bridge, "!="), (subnet, bridge, "==")]:
             return
-        commands = [] if installed is not None else _skeleton_commands(TABLE)
-        commands += _delete_commands(TABLE, mine) + _masquerade_commands(TABLE, network, subnet, bridge)
+        commands = [] if installed is not None else _skeleton_commands(_table())
+        commands += _delete_commands(_table(), mine) + _masquerade_commands(_table(), network, subnet, bridge)
         _apply(commands, f"network {network}: masquerade {subnet} leaving through interfaces other than {bridge}")
 
 
@@ -572,17 +578,17 @@ def add_ports(owner: str, container_ip: str, bridge: str, ports: list[PortMappin
                           and _overlaps(mapping.host_ip, str(rule.facts.get("daddr", "")))), None)
             if clash is None:
                 _check_no_listener(mapping)
-                additions.append(_dnat_command(TABLE, owner, container_ip, mapping))
+                additions.append(_dnat_command(_table(), owner, container_ip, mapping))
             elif (clash.tag, clash.facts.get("daddr", ""), clash.facts.get("dnat_addr"), clash.facts.get("dnat_port")) \
                     != (tag, mapping.host_ip, container_ip, mapping.container_port):
                 raise NetError(f"port {mapping.host_port}/{mapping.protocol} is already published by container "
                                f"{clash.tag.removeprefix(OWNER_TAG)}")
         if not any(rule.tag == tag and rule.chain == "postrouting" and rule.facts.get("daddr") == container_ip
                    and rule.facts.get("oifname") == bridge for rule in installed or ()):
-            additions += _owner_commands(TABLE, owner, container_ip, bridge)
+            additions += _owner_commands(_table(), owner, container_ip, bridge)
         if not additions:
             return
-        commands = ([] if installed is not None else _skeleton_commands(TABLE)) + additions
+        commands = ([] if installed is not None else _skeleton_commands(_table())) + additions
         # the rules (with the 127.0.0.0/8 guards) first, route_localnet after: a crash in between
         # leaves localhost publishing not working yet, never the bridge open to the host's loopback
         _apply(commands, f"publish ports of {owner} at {container_ip}")
@@ -611,7 +617,7 @@ def rules() -> list[dict]:
         installed = _installed()
         if not installed:
             return []
-        texts = _parse_rule_texts(_run(f"list table ip {TABLE}", _NFT_OUTPUT_HANDLE) or "")
+        texts = _parse_rule_texts(_run(f"list table ip {_table()}", _NFT_OUTPUT_HANDLE) or "")
     found = []
     for rule in installed:
         if rule.tag.startswith(OWNER_TAG):

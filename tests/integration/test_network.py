@@ -30,7 +30,13 @@ from helpers import BUSYBOX, mounts_under
 
 # nat.py reads its table name at import: these tests (and the children they
 # start) use their own table, never the host's `hanok` one.
-os.environ.setdefault("HANOK_NFT_TABLE", "hanoktest" + secrets.token_hex(3))
+TEST_TABLE = "hanoktest" + secrets.token_hex(3)
+
+
+@pytest.fixture(autouse=True)
+def _own_nft_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This module's nft table, for in-process calls and the child processes tests start (not the session's)."""
+    monkeypatch.setenv("HANOK_NFT_TABLE", TEST_TABLE)
 NAT_AVAILABLE = importlib.util.find_spec("hanok.netns.nat") is not None
 NAT_SKIP_REASON = "netns/nat.py is not in the tree yet: masquerade and port mapping are not exercised"
 # The killed-setup child imports the same hanok tree as this test.
