@@ -110,11 +110,23 @@ def _hanok_cgroups() -> set[str]:
     return {str(p) for p in [*root.glob("*/hanok/*"), *root.glob("hanok/*")] if p.is_dir()}
 
 
+def _nft_tables() -> set[str]:
+    """`nft list tables` lines (hanok's NAT lives in its own table, removed with its last rule)."""
+    try:
+        out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def leak_check(session_dir: Path, state_dirs: dict[Path, str]) -> Iterator[None]:
     mounts, links, netns, cgroups = host_mounts(), host_links(), host_netns(), _hanok_cgroups()
+    tables = _nft_tables()
     yield
     problems: list[str] = []
+    for table in sorted(_nft_tables() - tables):
+        problems.append(f"new nft table: {table}")
     for path in sorted(_hanok_cgroups() - cgroups):
         problems.append(f"new container cgroup: {path}")
     for line in sorted(host_mounts() - mounts):
