@@ -686,6 +686,7 @@ def hanok_cli():  # -> click.Group
             click.option("--security-opt", multiple=True, metavar="OPT",
                          help="seccomp=unconfined|PATH (default: docker's profile), no-new-privileges"),
             click.option("--entrypoint", default=None, help="replace the image's entrypoint"),
+            click.option("--init", is_flag=True, help="run a tiny init (tini or catatonit) as pid 1"),
             click.option("-l", "--label", multiple=True, metavar="KEY=VALUE", help="set a label"),
             click.option("-t", "--tty", is_flag=True, help="allocate a terminal"),
             click.option("-i", "--interactive", is_flag=True, help="keep stdin open"),

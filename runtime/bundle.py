@@ -144,6 +144,7 @@ class RunOptions:
     cpu_shares: int | None = None                          # relative CPU weight (a Kubernetes cpu request)
     no_new_privileges: bool = False                        # allowPrivilegeEscalation: false
     security_opt: list[str] = field(default_factory=list)  # seccomp=unconfined|PATH, no-new-privileges
+    init: bool = False                                     # --init: a tiny init as pid 1 (tini/catatonit)
     annotations: dict[str, str] = field(default_factory=dict)
 
 
@@ -182,6 +183,22 @@ def capabilities(cap_add: list[str], cap_drop: list[str]) -> list[str]:
     caps = [] if "CAP_ALL" in drop else [c for c in DOCKER_CAPS if c not in drop]
     wanted = sorted(CAPABILITIES) if "CAP_ALL" in add else sorted(add)
     return caps + [c for c in wanted if c not in caps]
+
+
+INIT_PATH = "/run/hanok-init"  # where --init's program appears in the container (podman: /run/podman-init)
+# Statically linked inits, as packaged (the image's libc may be anything, or none).
+INIT_CANDIDATES = ("/usr/bin/tini-static", "/usr/bin/catatonit", "/usr/libexec/podman/catatonit",
+                   "/usr/bin/docker-init")
+
+
+def init_program() -> str:
+    """The host's static init for --init: it reaps zombies and forwards signals as pid 1."""
+    import os
+
+    for path in INIT_CANDIDATES:
+        if os.access(path, os.X_OK):
+            return path
+    raise NotFound("--init needs a static init on the host: apt-get install tini (or catatonit)")
 
 
 def security_options(items: list[str], caps: list[str]) -> tuple[dict | None, bool]:
@@ -278,6 +295,9 @@ def image_spec(image_config: dict, layer_dirs_top_first: list[str], opts: RunOpt
     process = overlay.image_config_to_process(
         image_config, args=opts.command or None, entrypoint=opts.entrypoint, env=opts.env,
         cwd=opts.workdir, user=opts.user, rootfs=layer_dirs_top_first, terminal=opts.tty)
+    init_binary = init_program() if opts.init else None
+    if init_binary is not None:
+        process["args"] = [INIT_PATH, "--", *process["args"]]
     spec = default_spec(args=process["args"])
     caps = capabilities(opts.cap_add, opts.cap_drop)
     process["capabilities"] = {k: list(caps) for k in ("bounding", "effective", "permitted")}
@@ -329,6 +349,9 @@ def image_spec(image_config: dict, layer_dirs_top_first: list[str], opts: RunOpt
     for dest, source in sorted(etc_files.items()):
         mounts.append({"destination": dest, "type": "bind", "source": source,
                        "options": ["rbind", "rprivate", "ro" if opts.read_only else "rw"]})
+    if init_binary is not None:
+        mounts.append({"destination": INIT_PATH, "type": "bind", "source": init_binary,
+                       "options": ["bind", "ro", "nosuid", "nodev"]})
     for volume in opts.volumes:
         mounts.append(volume_mount(volume, named_volume_dir))
     for item in opts.tmpfs:

@@ -502,3 +502,14 @@ def test_containers_get_dockers_seccomp_profile_unless_unconfined(hanok: Hanok, 
     failed(hanok("run", "--rm", "--network", "none", "--security-opt", f"seccomp={docker_format}", IMAGE, "true"),
            f"--security-opt seccomp={docker_format}: a docker-format profile (archMap); "
            f"give an OCI linux.seccomp object")
+
+
+def test_init_runs_as_pid_1_and_passes_exit_codes_and_signals(hanok: Hanok) -> None:
+    done = hanok("run", "--rm", "--init", "--network", "none", IMAGE, "sh", "-c",
+                 'tr "\\0" " " < /proc/1/cmdline; echo; echo $$; exit 3')
+    assert (done.returncode, done.stdout) == (3, "/run/hanok-init -- sh -c " + 'tr "\\0" " " < /proc/1/cmdline; '
+                                                 "echo; echo $$; exit 3 \n2\n"), done
+    # a shell as pid 1 would ignore SIGTERM; behind the init it gets it (and dies of it)
+    hanok.ok("run", "-d", "--init", "--network", "none", "--name", "inited", IMAGE, "sleep", "1000")
+    assert hanok.ok("stop", "-t", "5", "inited") == "inited\n"
+    assert hanok.ok("wait", "inited") == "143\n"
