@@ -400,14 +400,14 @@ class Engine:
         if net is None:  # the host's network: its resolver works as it is, through a copy
             hosts = c.path("etc", "hosts")
             state.write_atomic(hosts, f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n".encode(),
-                               0o644)
-            state.write_atomic(c.path("etc", "hostname"), f"{hostname}\n".encode(), 0o644)
+                               0o644, durable=False)
+            state.write_atomic(c.path("etc", "hostname"), f"{hostname}\n".encode(), 0o644, durable=False)
             try:
                 with open("/etc/resolv.conf", "rb") as f:
                     resolv = f.read(1 << 16)
             except OSError:
                 resolv = b""
-            state.write_atomic(c.path("etc", "resolv.conf"), resolv, 0o644)
+            state.write_atomic(c.path("etc", "resolv.conf"), resolv, 0o644, durable=False)
             return {"/etc/hosts": hosts, "/etc/hostname": c.path("etc", "hostname"),
                     "/etc/resolv.conf": c.path("etc", "resolv.conf")}
         from hanok.netns import dns
@@ -451,7 +451,8 @@ class Engine:
                                      etc_files=etc, named_volume_dir=self.volume_dir,
                                      annotations={"io.github.hanok.name": c.name},
                                      joined_namespaces=joined, cgroups_path=cgroups_path)
-            state.write_atomic(os.path.join(c.bundle, "config.json"), jsonio.dumps(spec, indent=2).encode(), 0o644)
+            state.write_atomic(os.path.join(c.bundle, "config.json"), jsonio.dumps(spec, indent=2).encode(), 0o644,
+                               durable=False)  # written again by every start
             return {"startedAt": _now(), "network": net}
         except BaseException:
             for step in reversed(undo):

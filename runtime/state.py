@@ -105,13 +105,18 @@ def rfc3339_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000)) + f".{ns % 1_000_000_000:09d}Z"
 
 
-def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Write a file so that readers see the old or the new content, never half."""
+def write_atomic(path: str, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Write a file so that readers see the old or the new content, never half.
+
+    `durable=False` skips the fsync: for files rewritten on every start
+    (a bundle's config.json, /etc/hosts) a crash may lose them, never tear them.
+    """
     tmp = f"{path}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)
