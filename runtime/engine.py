@@ -888,6 +888,7 @@ class Engine:
                 "bundle": c.bundle, "upperDir": c.path("upper"), "layers": rec["layers"]}
 
     def wait(self, ref: str) -> int:
+        """docker wait: until the container has exited (a created one is waited for through its start)."""
         c = self.get(ref)
         while True:
             st = c.status()
@@ -897,8 +898,8 @@ class Engine:
                 run = c.read_json(RUN) or {}
                 if not _pid_alive(run.get("monitorPid") or 0):
                     raise HanokError(f"container {c.name}: the exit code was not recorded (its monitor was killed)")
-            elif st["status"] == "created":
-                raise BadState(f"container {c.name} is not running")
+            elif not os.path.exists(c.path(RECORD)):
+                raise NotFound(f"no such container: {ref}")  # removed while we waited
             time.sleep(0.05)
 
     def stats(self, ref: str) -> dict:

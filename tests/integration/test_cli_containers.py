@@ -513,3 +513,12 @@ def test_init_runs_as_pid_1_and_passes_exit_codes_and_signals(hanok: Hanok) -> N
     hanok.ok("run", "-d", "--init", "--network", "none", "--name", "inited", IMAGE, "sleep", "1000")
     assert hanok.ok("stop", "-t", "5", "inited") == "inited\n"
     assert hanok.ok("wait", "inited") == "143\n"
+
+
+def test_wait_on_a_created_container_waits_for_its_run(hanok: Hanok) -> None:
+    hanok.ok("create", "--network", "none", "--name", "later", IMAGE, "sh", "-c", "exit 4")
+    waiter = subprocess.Popen(hanok.argv("wait", "later"), stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    assert waiter.poll() is None  # still waiting: docker's wait blocks on a created container
+    hanok.ok("start", "later")
+    assert waiter.communicate(timeout=30)[0] == "4\n"
