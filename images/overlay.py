@@ -133,6 +133,8 @@ def unmount(target: str, detach_if_busy: bool = True) -> None:
     from hanok.runtime import syscalls
 
     if explain.enabled():
+        if not os.path.ismount(target):  # an overlay is its own filesystem: ismount sees it
+            return
         explain.step(f"umount {explain.quote([target])}")
     try:
         syscalls.umount2(target, 0)
