@@ -268,7 +268,10 @@ def image_config_to_process(config: dict, args: list[str] | None = None,
     workdir = cwd if cwd else (cfg.get("WorkingDir") or "/")
     if not workdir.startswith("/"):
         workdir = "/" + workdir
-    who = resolve_user(user if user else (cfg.get("User") or "0"), rootfs)
+    image_user = cfg.get("User") or "0"
+    if user and user.startswith(":"):  # a group alone (Kubernetes runAsGroup): the image's user, that group
+        user = (image_user.partition(":")[0] or "0") + user
+    who = resolve_user(user if user else image_user, rootfs)
     home = who.pop("home")
     if "HOME" not in merged:
         merged["HOME"] = f"HOME={home}"

@@ -462,7 +462,10 @@ class _TarReader:
                 long_link = self._data(size).split(b"\0", 1)[0]
                 continue
             if pax_global:
-                pax = {**pax_global, **pax}
+                # as Go's archive/tar (docker, containerd, scanners): a global header never renames,
+                # resizes or relinks later members, so everyone reads the same tree from one diff_id
+                inherited = {k: v for k, v in pax_global.items() if k not in (b"path", b"linkpath", b"size")}
+                pax = {**inherited, **pax}
             raw_name = long_name if long_name is not None else block[:100].split(b"\0", 1)[0]
             if long_name is None and block[257:263] == _USTAR:
                 prefix = block[345:500].split(b"\0", 1)[0]
@@ -1018,8 +1021,12 @@ def unpack(stream: BinaryIO, dest: str, same_owner: bool | None = None) -> str:
                 raise
             except OSError as e:
                 raise ImageError(f"layer entry {member.name!r}: {e.strerror or e}") from None
+            except (ValueError, OverflowError) as e:  # a NUL in a name, a pax number past any range
+                raise ImageError(f"layer entry {member.name!r}: {e}") from None
         tar.drain()
         ex.finish()
+    except (ValueError, OverflowError) as e:  # from the headers themselves
+        raise ImageError(f"layer is not a valid tar archive: {e}") from None
     finally:
         ex.close()
     return "sha256:" + tar.hash.hexdigest()

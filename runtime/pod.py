@@ -67,12 +67,24 @@ def parse_quantity(value: object, where: str) -> float:
     match = _QUANTITY.match(str(value).strip())
     if not match:
         raise InvalidArgument(f"{where}: {_shown(value)} is not a quantity (e.g. 128Mi, 500m, 1)")
-    number, suffix = float(match.group(1)), match.group(2) or ""
+    try:
+        amount = _scaled(float(match.group(1)), match.group(2) or "")
+    except OverflowError:
+        amount = float("inf")
+    if not amount < 2.0 ** 63:
+        raise InvalidArgument(f"{where}: {_shown(value)} is too large")
+    return amount
+
+
+def _scaled(number: float, suffix: str) -> float:
     if suffix in _BINARY:
         return number * _BINARY[suffix]
     if suffix in _DECIMAL:
         return number * _DECIMAL[suffix]
-    return number * 10 ** int(suffix[1:])  # 1e3
+    exponent = int(suffix[1:])  # 1e3
+    if exponent > 30:
+        raise OverflowError  # far past 2**63 anyway; and 10**huge would take long to compute
+    return number * 10.0 ** exponent
 
 
 def memory_bytes(value: object, where: str) -> int:
@@ -285,7 +297,8 @@ def _user_of(security: dict, pod_security: dict, where: str) -> str | None:
             raise InvalidArgument(f"{where}.runAsNonRoot: runAsUser is 0 (root)")
     if uid is None and gid is None:
         return None
-    return f"{0 if uid is None else uid}" + ("" if gid is None else f":{gid}")
+    # a group alone keeps the image's user (":GID", resolved against the image in bundle.image_spec)
+    return ("" if uid is None else f"{uid}") + ("" if gid is None else f":{gid}")
 
 
 def _security_options(security: dict, where: str) -> dict:
@@ -318,6 +331,9 @@ def pod_from_manifest(document: object) -> PodPlan:
                               f"{', '.join(RESTART_POLICIES)}")
     for i, volume in enumerate(spec.get("volumes", [])):
         where = f"spec.volumes[{i}]"
+        if not DNS_LABEL.match(volume["name"]):  # it becomes a directory name: no '/', no '..'
+            raise InvalidArgument(f"{where}.name: {_shown(volume['name'])} is not a valid name (a DNS label: "
+                                  "lower-case letters, digits and '-')")
         if volume["name"] in plan.volumes:
             raise InvalidArgument(f"{where}.name: duplicate volume name {_shown(volume['name'])}")
         kinds = [k for k in ("emptyDir", "hostPath") if k in volume]
@@ -535,7 +551,8 @@ def container_from_cri_config(document: object, pod: dict) -> tuple[RunOptions, 
         cpus = res["cpu_quota"] / (res.get("cpu_period") or 100_000)
     uid = (security.get("run_as_user") or {}).get("value")
     gid = (security.get("run_as_group") or {}).get("value")
-    user = None if uid is None and gid is None else f"{uid or 0}" + ("" if gid is None else f":{gid}")
+    user = (None if uid is None and gid is None
+            else ("" if uid is None else f"{uid}") + ("" if gid is None else f":{gid}"))  # ":GID" keeps the image's user
     caps = security.get("capabilities", {})
     workdir = doc.get("working_dir") or None
     if workdir is not None and not workdir.startswith("/"):
@@ -760,6 +777,8 @@ class Pods:
             self._claim_name(plan.name, pod_id)
             undo.append(lambda: os.unlink(os.path.join(self.names_dir, plan.name)))
             undo.append(lambda: _rmtree(pod_dir))
+            # a CRI cgroup_parent is the pod's cgroup (its containers go right under it, as
+            # with containerd); it may be the node agent's: see _destroy_cgroup
             cgroup_path = plan.cgroup_parent or f"/{cgroups.DEFAULT_PARENT}/pod-{pod_id}"
             cgroup = cgroups.manager(cgroup_path, pod_id)
             undo.append(lambda: _destroy_cgroup(cgroup))
@@ -770,8 +789,9 @@ class Pods:
             ns_dir = os.path.join(self.run_pods_dir, pod_id, "ns")
             os.makedirs(ns_dir, mode=0o755, exist_ok=True)
             _shared_dir(self.run_pods_dir)
+            undo.append(lambda: os.rmdir(os.path.dirname(ns_dir)))  # runs last: after the unbind below
+            undo.append(lambda: os.rmdir(ns_dir))
             undo.append(lambda: _unbind_namespaces(ns_dir))
-            undo.append(lambda: os.rmdir(os.path.dirname(ns_dir)))
             _bind_namespaces(ns_dir, plan.hostname or plan.name)
             mode = "none" if network == "none" else "bridge"
             undo.append(lambda: netmod.teardown(self.engine.store_root, self.engine.run_root, pod_id))
@@ -1003,6 +1023,17 @@ def _destroy_cgroup(cgroup: Any, created: list[str] | None = None, raise_errors:
     try:
         if created is not None:
             cgroup.created = list(created)
+        leaves = list(getattr(cgroup, "dirs", None) or [cgroup.dir])
+        ours = created if created is not None else list(getattr(cgroup, "created", []))
+        under_hanok = all(f"/{cgroups.DEFAULT_PARENT}/" in directory for directory in leaves)
+        if not under_hanok and not set(leaves) <= set(ours):
+            # partly or wholly a node agent's cgroup_parent: only the directories hanok made are
+            # removed, one by one and only when empty (destroy() would also remove child cgroups
+            # that are not ours)
+            for directory in reversed(ours):
+                with contextlib.suppress(OSError):
+                    os.rmdir(directory)
+            return
         if cgroup.exists():
             cgroup.destroy()
         for directory in reversed(created or []):  # destroy() did these unless the leaf was gone already

@@ -319,8 +319,11 @@ def from_dict(raw: object, bundle: str) -> Config:
         cfg.seccomp = linux["seccomp"]
 
     cfg.resources = validate_resources(_obj(linux, "resources", "linux.resources"))
-    if cfg.resources.get("devices"):
-        cfg.resources["devices"] = cfg.resources["devices"] + device_rules_for(cfg.devices)
+    # runc's rule: device access starts from "deny all" whether or not the bundle lists
+    # rules (a container with CAP_MKNOD could otherwise open the host's disks), then the
+    # bundle's rules, then the default devices and the bundle's own nodes
+    given = cfg.resources.get("devices") or [{"allow": False, "access": "rwm"}]
+    cfg.resources["devices"] = given + device_rules_for(cfg.devices)
     if linux.get("cgroupsPath"):
         _type(linux["cgroupsPath"], str, "linux.cgroupsPath")
         cfg.cgroups_path = linux["cgroupsPath"]

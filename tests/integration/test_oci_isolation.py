@@ -396,3 +396,17 @@ def test_all_default_namespaces_are_configured() -> None:
     # Guard for the suite itself: the default config asks for what runc spec does.
     assert [ns["type"] for ns in default_config()["linux"]["namespaces"]] == DEFAULT_NAMESPACES
     assert "resources" not in default_config()["linux"]
+
+
+def test_devices_are_denied_by_default_even_without_device_rules(run_capture: RunCapture) -> None:
+    """runc's rule: no linux.resources.devices still means "deny all but the defaults" (with CAP_MKNOD a
+    container could otherwise make and open a node for the host's disk)."""
+    config = default_config(*sh("mknod /tmp/k c 10 229 && (true </tmp/k) 2>/dev/null && echo OPENED || echo denied; "
+                                "echo x > /dev/null && echo null-ok"))
+    config["linux"].pop("resources", None)
+    caps = config["process"]["capabilities"]
+    for kind in ("bounding", "effective", "permitted"):
+        caps[kind] = sorted(set(caps.get(kind, [])) | {"CAP_MKNOD"})
+    config["mounts"].append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                             "options": ["nosuid", "mode=1777", "size=1m"]})
+    assert run_capture.ok(config) == "denied\nnull-ok\n"

@@ -440,3 +440,25 @@ def test_a_pod_whose_namespaces_vanished_is_notready_and_gc_frees_its_endpoint(h
     assert not (hanok.store / "net" / "endpoints" / f"{out['id']}.json").exists()
     failed(hanok("start", "reboot-a"), "pod reboot is not ready (stopped): its containers cannot start")
     assert hanok.ok("pod", "rm", "reboot") == "reboot\n"
+
+
+def test_a_node_agents_cgroup_parent_is_never_removed(hanok: Hanok, tmp_path: Path) -> None:
+    """A CRI cgroup_parent that exists already is the agent's: pod rm leaves it and its other children."""
+    parent = f"hkt{os.urandom(3).hex()}"
+    made = [d / parent / "other" for d in CGROUP_ROOT.iterdir() if (d / "cgroup.procs").exists()][:1]
+    if not made:
+        pytest.skip("no cgroup hierarchy to make a parent in")
+    hierarchy = made[0].parent.parent
+    (hierarchy / parent / "other").mkdir(parents=True)
+    try:
+        sandbox = write(tmp_path, "sb.json", {"metadata": {"name": "agentpod"}, "linux": {"cgroup_parent": f"/{parent}"}})
+        pod_id = hanok.ok("pod", "run", "--network", "none", "--config", sandbox).strip()
+        assert hanok.ok("pod", "rm", "-f", pod_id) == pod_id + "\n"
+        assert (hierarchy / parent / "other").is_dir()
+        # what hanok made for the pod in the other hierarchies is gone with it
+        assert [d for d in CGROUP_ROOT.glob(f"*/{parent}") if d.parent != hierarchy] == []
+    finally:
+        for d in sorted(CGROUP_ROOT.glob(f"*/{parent}/other")) + sorted(CGROUP_ROOT.glob(f"{parent}/other")):
+            d.rmdir()
+        for d in sorted(CGROUP_ROOT.glob(f"*/{parent}")) + sorted(CGROUP_ROOT.glob(parent)):
+            d.rmdir()

@@ -341,3 +341,31 @@ def test_container_config_camel_case() -> None:
            "linux": {"securityContext": {"runAsUser": {"value": 5}, "runAsGroup": {"value": 6}}}}
     options, log_path = pod.container_from_cri_config(doc, POD_RECORD)
     assert (options.workdir, options.user, log_path) == ("/w", "5:6", None)
+
+
+# ------------------------------------------------------------------ review fixes
+
+
+def test_volume_names_cannot_leave_the_pod_directory() -> None:
+    doc = manifest_with("spec.volumes.0.name", "../../../../tmp/escaped")
+    doc["spec"]["containers"][0]["volumeMounts"][0]["name"] = "../../../../tmp/escaped"
+    refused(doc, "spec.volumes[0].name: \"../../../../tmp/escaped\" is not a valid name (a DNS label: "
+                 "lower-case letters, digits and '-')")
+
+
+def test_run_as_group_alone_keeps_the_images_user() -> None:
+    doc = manifest_with("spec.containers.0.securityContext", {"runAsGroup": 1234})
+    assert pod.pod_from_manifest(doc).containers[0].options.user == ":1234"
+
+
+@pytest.mark.parametrize("text", ["1e400", "1e99999999", "99999999999Ei"])
+def test_huge_quantities_are_refused(text: str) -> None:
+    with pytest.raises(InvalidArgument, match="is too large$"):
+        pod.parse_quantity(text, "q")
+
+
+def test_a_group_alone_is_applied_to_the_images_user() -> None:
+    from hanok.images import overlay
+
+    process = overlay.image_config_to_process({"User": "1000:1000", "Cmd": ["true"]}, user=":1234")
+    assert (process["user"]["uid"], process["user"]["gid"]) == (1000, 1234)

@@ -506,3 +506,30 @@ def test_decompressed_reader_gives_the_tar(tmp_path: Path) -> None:
         out = stream.read(7) + stream.read(100_000)
         out += stream.read()
         assert out == data
+
+
+def test_hostile_numbers_and_names_are_one_line_errors(tmp_path: Path) -> None:
+    """A NUL in a link target, a pax uid past any range: ImageError, never a traceback."""
+    for pax in ({"linkpath": "a\x00b"}, {"uid": "9" * 40}, {"mtime": "1e999"}):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            info = tarfile.TarInfo("f")
+            info.type = tarfile.SYMTYPE if "linkpath" in pax else tarfile.REGTYPE
+            info.pax_headers = pax
+            tar.addfile(info, io.BytesIO(b""))
+        dest = tmp_path / f"d{len(list(tmp_path.iterdir()))}"
+        dest.mkdir()
+        with pytest.raises(ImageError):
+            unpack.unpack(io.BytesIO(buf.getvalue()), str(dest))
+
+
+def test_pax_global_headers_never_rename_or_resize(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT,
+                       pax_headers={"path": "renamed", "comment": "x"}) as tar:
+        info = tarfile.TarInfo("real")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    unpack.unpack(io.BytesIO(buf.getvalue()), str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["real"]
+    assert (tmp_path / "real").read_bytes() == b"hello"
