@@ -31,7 +31,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
@@ -781,13 +780,11 @@ class Store:
 
 
 def _rmtree(path: str) -> None:
-    """Remove a tree we made, including read-only dirs and device nodes."""
-    def onerror(func, p, exc_info):  # type: ignore[no-untyped-def]
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            func(p)
+    """Remove a tree we made (read-only dirs, device nodes, any depth: see unpack.remove_tree)."""
+    from hanok.images.unpack import remove_tree
 
-    shutil.rmtree(path, onerror=onerror)
+    with contextlib.suppress(FileNotFoundError):
+        remove_tree(path)
 
 
 def now_rfc3339() -> str:

@@ -718,22 +718,53 @@ def _normalize_in_root(parts: list[str]) -> list[str]:
 
 
 def _remove_at(dir_fd: int, name: str) -> bool:
-    """Remove `name` (any type, directories recursively) under dir_fd; True if it existed."""
+    """Remove `name` (any type, directories with all they hold) under dir_fd; True if it existed.
+
+    Iterative, holding one directory fd at a time: a hostile layer may nest
+    directories thousands deep, past both Python's recursion limit and the
+    open-file limit. Going up uses "..", which in a tree we made ourselves
+    (no symlink is ever followed going down) is the directory we came from.
+    """
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return False
-    if stat.S_ISDIR(st.st_mode):
-        fd = os.open(name, _O_DIR, dir_fd=dir_fd)
-        try:
-            for entry in os.listdir(fd):
-                _remove_at(fd, entry)
-        finally:
-            os.close(fd)
-        os.rmdir(name, dir_fd=dir_fd)
-    else:
+    if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=dir_fd)
+        return True
+    names = [name]
+    current = os.open(name, _O_DIR, dir_fd=dir_fd)
+    try:
+        while names:
+            descend = None
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        descend = entry.name
+                        break
+                    os.unlink(entry.name, dir_fd=current)
+            if descend is not None:
+                child = os.open(descend, _O_DIR, dir_fd=current)
+                os.close(current)
+                current = child
+                names.append(descend)
+                continue
+            parent = os.open("..", _O_DIR, dir_fd=current)
+            os.close(current)
+            current = parent
+            os.rmdir(names.pop(), dir_fd=current)
+    finally:
+        os.close(current)
     return True
+
+
+def remove_tree(path: str) -> bool:
+    """Remove the tree at `path` (see _remove_at); True if it existed."""
+    parent = os.open(os.path.dirname(os.path.abspath(path)) or "/", _O_DIR)
+    try:
+        return _remove_at(parent, os.path.basename(os.path.abspath(path)))
+    finally:
+        os.close(parent)
 
 
 # ------------------------------------------------------------------ extract

@@ -533,3 +533,29 @@ def test_pax_global_headers_never_rename_or_resize(tmp_path: Path) -> None:
     unpack.unpack(io.BytesIO(buf.getvalue()), str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["real"]
     assert (tmp_path / "real").read_bytes() == b"hello"
+
+
+def test_deeply_nested_trees_are_replaced_and_removed(tmp_path: Path) -> None:
+    """1500 nested directories, then a file with the top one's name (the last entry wins): no
+    RecursionError, no fd exhaustion; and the whole tree can be removed afterwards."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        deep = "/".join(["a"] * 1500)
+        info = tarfile.TarInfo(deep + "/f")
+        tar.addfile(info, io.BytesIO(b""))
+        tar.addfile(tarfile.TarInfo("a"), io.BytesIO(b""))
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    unpack.unpack(io.BytesIO(buf.getvalue()), str(layer))
+    assert (layer / "a").is_file()
+    nested = tmp_path / "nested"
+    nested.mkdir()
+    fd = os.open(nested, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(1500):  # os.makedirs would recurse
+        os.mkdir("d", dir_fd=fd)
+        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.close(os.open("f", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+    os.close(fd)
+    assert unpack.remove_tree(str(nested)) and not nested.exists()
