@@ -551,8 +551,9 @@ def container_from_cri_config(document: object, pod: dict) -> tuple[RunOptions, 
         cpus = res["cpu_quota"] / (res.get("cpu_period") or 100_000)
     uid = (security.get("run_as_user") or {}).get("value")
     gid = (security.get("run_as_group") or {}).get("value")
+    # ":GID" (a group alone) keeps the image's user
     user = (None if uid is None and gid is None
-            else ("" if uid is None else f"{uid}") + ("" if gid is None else f":{gid}"))  # ":GID" keeps the image's user
+            else ("" if uid is None else f"{uid}") + ("" if gid is None else f":{gid}"))
     caps = security.get("capabilities", {})
     workdir = doc.get("working_dir") or None
     if workdir is not None and not workdir.startswith("/"):

@@ -451,7 +451,8 @@ def test_a_node_agents_cgroup_parent_is_never_removed(hanok: Hanok, tmp_path: Pa
     hierarchy = made[0].parent.parent
     (hierarchy / parent / "other").mkdir(parents=True)
     try:
-        sandbox = write(tmp_path, "sb.json", {"metadata": {"name": "agentpod"}, "linux": {"cgroup_parent": f"/{parent}"}})
+        sandbox = write(tmp_path, "sb.json", {"metadata": {"name": "agentpod"},
+                                              "linux": {"cgroup_parent": f"/{parent}"}})
         pod_id = hanok.ok("pod", "run", "--network", "none", "--config", sandbox).strip()
         assert hanok.ok("pod", "rm", "-f", pod_id) == pod_id + "\n"
         assert (hierarchy / parent / "other").is_dir()
