@@ -302,29 +302,32 @@ def _int_opt(opts: dict, name: str) -> int:
 def _oci_create(root: str, opts: dict, args: list[str], g: dict) -> int:
     from hanok.runtime import container
 
-    _check_systemd(g)
     container.create(root, args[0], opts.get("bundle") or ".", pid_file=opts.get("pid_file"),
                      console_socket=opts.get("console_socket"), no_pivot=opts.get("no_pivot", False),
                      no_new_keyring=opts.get("no_new_keyring", False),
-                     preserve_fds=_int_opt(opts, "preserve_fds"))
+                     preserve_fds=_int_opt(opts, "preserve_fds"), systemd_cgroup=_check_systemd(g))
     return 0
 
 
 def _oci_run(root: str, opts: dict, args: list[str], g: dict) -> int:
     from hanok.runtime import container
 
-    _check_systemd(g)
     return container.run(root, args[0], opts.get("bundle") or ".", detach=opts.get("detach", False),
                          pid_file=opts.get("pid_file"), console_socket=opts.get("console_socket"),
                          no_pivot=opts.get("no_pivot", False), no_new_keyring=opts.get("no_new_keyring", False),
-                         preserve_fds=_int_opt(opts, "preserve_fds"))
+                         preserve_fds=_int_opt(opts, "preserve_fds"), systemd_cgroup=_check_systemd(g))
 
 
-def _check_systemd(g: dict) -> None:
-    if g.get("systemd_cgroup"):
+def _check_systemd(g: dict) -> bool:
+    """Whether --systemd-cgroup was given; NotSupported before any work where systemd is not PID 1."""
+    if not g.get("systemd_cgroup"):
+        return False
+    if not os.path.isdir("/run/systemd/system"):
         from hanok.runtime.errors import NotSupported
 
-        raise NotSupported("--systemd-cgroup: the systemd cgroup driver is not supported yet; use cgroupfs")
+        raise NotSupported("--systemd-cgroup: systemd is not running as PID 1 here (/run/systemd/system does "
+                           "not exist); use the cgroupfs driver")
+    return True
 
 
 def _oci_start(root: str, opts: dict, args: list[str], g: dict) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 
-
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 UNIFIED = "unified"
@@ -56,8 +55,8 @@ def hierarchies(pid: str = "self") -> list[Hierarchy]:
     membership: dict[str, str] = {}
     with open(f"/proc/{pid}/cgroup") as f:
         for line in f:
-            _, controllers, path = line.rstrip("\n").split(":", 2)
-            membership[controllers] = path
+            _, listed, path = line.rstrip("\n").split(":", 2)
+            membership[listed] = path
     found: list[Hierarchy] = []
     with open(f"/proc/{pid}/mountinfo") as f:
         for line in f:
@@ -174,8 +173,18 @@ def resolve(path: str, container_id: str) -> tuple[bool, str]:
     return absolute, "/" + "/".join(parts)
 
 
-def manager(path: str, container_id: str) -> Manager:
-    """The Manager for a container: cgroup v2 on unified hosts, v1 on hybrid and legacy ones."""
+def manager(path: str, container_id: str, systemd: bool = False) -> Manager:
+    """The Manager for a container: cgroup v2 on unified hosts, v1 on hybrid and legacy ones.
+
+    `systemd` (hanok-oci --systemd-cgroup): a transient systemd scope from a
+    `slice:prefix:name` path instead; NotSupported where systemd is not PID 1
+    or the host is not cgroup v2.
+    """
+    if systemd:
+        from hanok.cgroups import systemd as systemd_driver
+
+        systemd_driver.available()
+        return systemd_driver.SystemdManager(path, container_id)
     if host_mode() == UNIFIED:
         from hanok.cgroups.v2 import V2Manager
 

@@ -34,11 +34,14 @@ class _Saved:
 
 def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = None,
            console_socket: str | None = None, no_pivot: bool = False, no_new_keyring: bool = False,
-           preserve_fds: int = 0, config: "Config | None" = None, console_fd: int | None = None) -> int:
+           preserve_fds: int = 0, config: "Config | None" = None, console_fd: int | None = None,
+           systemd_cgroup: bool = False) -> int:
     """Set the container up and leave its init waiting for `start`; return the init's pid.
 
     `config` saves `run` from reading config.json twice; `console_fd` is an
     already connected console socket (how `run` gets the pty it relays).
+    `systemd_cgroup` (--systemd-cgroup): the cgroup is a transient systemd
+    scope; recorded, so later commands find it the same way.
     """
     from hanok import cgroups
     from hanok.runtime import init, spec
@@ -55,7 +58,7 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
     try:
         if cfg.process.get("terminal") and not console_socket and console_fd is None:
             raise HanokError("process.terminal is true but no --console-socket was given to receive the terminal")
-        cgroup = cgroups.manager(cfg.cgroups_path, container_id)
+        cgroup = cgroups.manager(cfg.cgroups_path, container_id, systemd=systemd_cgroup)
         cgroup_setup = cgroups.BackgroundSetup(cgroup, cfg.resources,  # see there: hides ~10 ms
                                                inline="time" in cfg.namespaces)
         saved = {"process": cfg.process, "namespaces": cfg.namespaces, "seccomp": cfg.seccomp,
@@ -103,6 +106,8 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
                   "bundle": cfg.bundle, "rootfs": cfg.rootfs, "created": created,
                   "annotations": cfg.annotations, "cgroupsPath": cfg.cgroups_path,
                   "resources": cfg.resources}
+        if systemd_cgroup:
+            record["systemdCgroup"] = True
         state.save(cdir, record)
         if pid_file:
             from hanok.runtime.process import write_pid_file
@@ -276,7 +281,7 @@ def _cgroup_of(record: dict):
     """The container's cgroup manager, rebuilt from what create recorded."""
     from hanok import cgroups
 
-    return cgroups.manager(record.get("cgroupsPath", ""), record["id"])
+    return cgroups.manager(record.get("cgroupsPath", ""), record["id"], systemd=record.get("systemdCgroup", False))
 
 
 def _destroy_cgroup(cgroup) -> None:
@@ -500,7 +505,7 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
 
 def run(root: str, container_id: str, bundle: str, *, detach: bool = False, pid_file: str | None = None,
         console_socket: str | None = None, no_pivot: bool = False, no_new_keyring: bool = False,
-        preserve_fds: int = 0) -> int:
+        preserve_fds: int = 0, systemd_cgroup: bool = False) -> int:
     """create + start; in the foreground also wait, forward signals, delete, and
     return the container's exit code (128+N when a signal killed it)."""
     from hanok.runtime import spec
@@ -523,7 +528,7 @@ def run(root: str, container_id: str, bundle: str, *, detach: bool = False, pid_
     try:
         pid = create(root, container_id, bundle, pid_file=pid_file, console_socket=console_socket,
                      no_pivot=no_pivot, no_new_keyring=no_new_keyring, preserve_fds=preserve_fds,
-                     config=cfg, console_fd=theirs if relay_pty else None)
+                     config=cfg, console_fd=theirs if relay_pty else None, systemd_cgroup=systemd_cgroup)
         if relay_pty:
             from hanok.runtime.process import receive_pty_master
 

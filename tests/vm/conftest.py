@@ -15,6 +15,10 @@ Where the tests in tests/vm run is decided once per session:
   itself fails (timeout, crash), every proxy fails with the console's tail.
 * **skip** -- neither: every test skips, and the reason is printed at the end.
 
+Test files named in ``SYSTEMD_FILES`` need systemd as PID 1: in the vm mode
+their proxies run in a second VM of their own, booted with ``vng --systemd``
+(only when one of them is selected: systemd makes the boot slower).
+
 ``HANOK_VM=never`` forces skip instead of booting a VM on a host that is not
 cgroup v2; ``HANOK_VM=always`` forces the VM even on a cgroup v2 host (to debug
 the harness).
@@ -40,8 +44,9 @@ import pytest
 _HERE = Path(__file__).resolve().parent
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 IN_VM = os.environ.get("HANOK_IN_VM") == "1"
+SYSTEMD_FILES = frozenset({"test_systemd_cgroup.py"})
 _SKIP_REASONS: set[str] = set()
-_RUN_KEY = pytest.StashKey[object]()
+_RUN_KEY = pytest.StashKey[dict[bool, object]]()
 _NOTES_KEY = pytest.StashKey[list[str]]()
 
 
@@ -145,7 +150,7 @@ class VMProxy(pytest.Item):
         return self.original.reportinfo()
 
     def runtest(self) -> None:
-        run = _vm_run(self.session)
+        run = _vm_run(self.session, _needs_systemd(self.original))
         reports = run.results.get(self.nodeid)
         if not reports:
             raise VMFailure(_missing_text(run, self.nodeid))
@@ -173,22 +178,29 @@ class VMProxy(pytest.Item):
         return super().repr_failure(excinfo, style)
 
 
-def _vm_run(session: pytest.Session):
-    """Boot the VM once for every selected proxy of the session, and remember the outcome."""
+def _needs_systemd(item: pytest.Item) -> bool:
+    return Path(str(item.path)).name in SYSTEMD_FILES
+
+
+def _vm_run(session: pytest.Session, systemd: bool = False):
+    """Boot the VM once for every selected proxy of the session (of one kind), and remember the outcome."""
     config = session.config
-    run = config.stash.get(_RUN_KEY, None)
+    runs = config.stash.setdefault(_RUN_KEY, {})
+    run = runs.get(systemd)
     if run is not None:
         return run
     import tempfile
 
     import run_in_vm
 
-    nodeids = [item.nodeid for item in session.items if isinstance(item, VMProxy)]
+    nodeids = [item.nodeid for item in session.items
+               if isinstance(item, VMProxy) and _needs_systemd(item.original) == systemd]
     results = Path(tempfile.mkdtemp(prefix="hanok-vm-"))
     # node ids are relative to the rootdir: the inner pytest runs there, with the same one
-    run = run_in_vm.run_pytest(nodeids, results, rootdir=config.rootpath)
-    config.stash[_RUN_KEY] = run
-    note = f"{len(nodeids)} test(s) ran in a virtme-ng VM ({run_in_vm.find_kernel()}): {run.summary()}"
+    run = run_in_vm.run_pytest(nodeids, results, rootdir=config.rootpath, systemd=systemd)
+    runs[systemd] = run
+    kind = "virtme-ng VM with systemd as PID 1" if systemd else "virtme-ng VM"
+    note = f"{len(nodeids)} test(s) ran in a {kind} ({run_in_vm.find_kernel()}): {run.summary()}"
     if run.returncode == 0 and not run.timed_out and run.error is None:
         import shutil
 
@@ -263,10 +275,17 @@ def _mount_points() -> set[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def vm_leak_check() -> Iterator[None]:
-    """The cgroup tree and the mounts are back to what they were after the session."""
+    """The cgroup tree and the mounts are back to what they were after the session.
+
+    Where systemd is PID 1 it makes and removes cgroups of its own meanwhile
+    (units still starting after boot, timers): only hanok's count there.
+    """
     cgroups, mounts = _cgroup_dirs(), _mount_points()
     yield
-    problems = [f"new cgroup: {d}" for d in sorted(_cgroup_dirs() - cgroups)]
+    new = _cgroup_dirs() - cgroups
+    if os.path.isdir("/run/systemd/system"):
+        new = {d for d in new if "hanok" in d}
+    problems = [f"new cgroup: {d}" for d in sorted(new)]
     problems += [f"new mount: {m}" for m in sorted(_mount_points() - mounts)]
     if problems:
         pytest.fail("the session leaked:\n  " + "\n  ".join(problems), pytrace=False)

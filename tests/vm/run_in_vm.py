@@ -6,6 +6,7 @@ by hand for debugging::
 
     /opt/hanok/bin/python tests/vm/run_in_vm.py [PYTEST ARGS...]   # default: tests/vm
     /opt/hanok/bin/python tests/vm/run_in_vm.py --shell-cmd 'cat /proc/self/cgroup'
+    /opt/hanok/bin/python tests/vm/run_in_vm.py --systemd tests/vm/test_systemd_cgroup.py  # systemd as PID 1
 
 One VM per call: ``vng -r <kernel> --disable-kvm ...`` (KVM guests hang at boot
 here, so qemu emulates: ~40x slower). The guest sees the host's files (read-only
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 IN_VM_ENV = "HANOK_IN_VM"
+SYSTEMD_ENV = "HANOK_VM_SYSTEMD"  # set in a VM booted with systemd as PID 1
 RESULTS_ENV = "HANOK_VM_RESULTS"
 DEFAULT_TIMEOUT = 900.0
 CPUS = 2
@@ -193,13 +195,15 @@ def guest_command(shell: str, results: Path) -> str:
 
 
 def pytest_shell(pytest_args: list[str], results: Path, python: str = sys.executable,
-                 rootdir: Path = REPO_ROOT) -> str:
+                 rootdir: Path = REPO_ROOT, systemd: bool = False) -> str:
     env = {
         IN_VM_ENV: "1",
         RESULTS_ENV: str(results / "reports.jsonl"),
         "PYTHONDONTWRITEBYTECODE": "1",   # the tree is read-only in the guest anyway
         "PYTHONUNBUFFERED": "1",
     }
+    if systemd:
+        env[SYSTEMD_ENV] = "1"
     if os.environ.get("PYTHONPATH"):  # testing a source tree that is not installed yet
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     argv = ["env", *(f"{k}={v}" for k, v in env.items()), python, "-m", "pytest",
@@ -207,15 +211,53 @@ def pytest_shell(pytest_args: list[str], results: Path, python: str = sys.execut
     return " ".join(shlex.quote(a) for a in argv)
 
 
+# With systemd as PID 1 (vng --systemd) the guest command is started by serial-getty@ttyS0, which
+# systemd's getty generator adds only outside containers. The guest's root is the host's /, and the
+# host here is itself a container with a /.dockerenv: systemd would take the VM for a docker
+# container, ignore the kernel command line and start console-getty instead, so the command would
+# never run. Hence vng runs chrooted into a view of / without that file (bind mounts in a private
+# mount namespace: nothing changes for the host). In the guest, basic.target plus the serial getty
+# keeps the host's enabled services (databases, container engines...) from starting in the slow
+# emulated VM, and systemd-tmpfiles-setup is masked: it walks the 9p root for minutes.
+SYSTEMD_KERNEL_ARGS = ("systemd.unit=basic.target systemd.wants=serial-getty@ttyS0.service "
+                       "systemd.mask=systemd-tmpfiles-setup.service")
+_WITHOUT_DOCKERENV = r"""
+set -e
+view=$(mktemp -d /tmp/hanok-vmroot-XXXXXX)
+mount -t tmpfs -o mode=0755 hanok-vmroot "$view"
+for entry in /* /.[!.]*; do
+    [ -e "$entry" ] || [ -L "$entry" ] || continue
+    [ "$entry" = /.dockerenv ] && continue
+    if [ -L "$entry" ]; then cp -P "$entry" "$view$entry"
+    elif [ -d "$entry" ]; then mkdir "$view$entry"; mount --rbind "$entry" "$view$entry"
+    else touch "$view$entry"; mount --bind "$entry" "$view$entry"; fi
+done
+set +e
+chroot "$view" sh -c 'cd "$0" && exec "$@"' "$PWD" "$@"
+rc=$?
+umount -R -l "$view"
+rmdir "$view"
+exit $rc
+"""
+
+
 def boot(shell: str, results: Path, timeout: float | None = None, cwd: Path = REPO_ROOT,
-         echo: bool = False) -> VMRun:
-    """Run `shell` as root in a fresh VM; `results` is shared read-write with the guest."""
+         echo: bool = False, systemd: bool = False) -> VMRun:
+    """Run `shell` as root in a fresh VM; `results` is shared read-write with the guest.
+
+    `systemd`: boot systemd as PID 1 (`vng --systemd`); the command then runs
+    once systemd has started the serial console's getty.
+    """
     if timeout is None:
         timeout = float(os.environ.get("HANOK_VM_TIMEOUT", DEFAULT_TIMEOUT))
     vng, kernel = find_vng(), find_kernel()
     command = [str(vng), "-r", str(kernel), "--disable-kvm", "--cpus", str(CPUS), "--memory", MEMORY,
                "--rwdir", str(results), "--cwd", str(cwd),
+               *(["--systemd", "--append", SYSTEMD_KERNEL_ARGS] if systemd else []),
                "--exec", guest_command(shell, results)]
+    if systemd:
+        command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _WITHOUT_DOCKERENV, "sh",
+                   *command]
     run = VMRun(command=command)
     env = dict(os.environ)
     # vng runs virtme-run (and friends) from PATH: they sit next to vng.
@@ -269,12 +311,12 @@ def _read_reports(path: Path, run: VMRun) -> None:
 
 
 def run_pytest(pytest_args: list[str], results: Path | None = None, timeout: float | None = None,
-               echo: bool = False, rootdir: Path = REPO_ROOT) -> VMRun:
-    """pytest `pytest_args` in a VM, from `rootdir` (node ids are relative to it)."""
+               echo: bool = False, rootdir: Path = REPO_ROOT, systemd: bool = False) -> VMRun:
+    """pytest `pytest_args` in a VM, from `rootdir` (node ids are relative to it); `systemd`: see boot()."""
     if results is None:
         results = Path(tempfile.mkdtemp(prefix="hanok-vm-"))
-    return boot(pytest_shell(pytest_args, results, rootdir=rootdir), results, timeout=timeout,
-                cwd=rootdir, echo=echo)
+    return boot(pytest_shell(pytest_args, results, rootdir=rootdir, systemd=systemd), results, timeout=timeout,
+                cwd=rootdir, echo=echo, systemd=systemd)
 
 
 def main(argv: list[str]) -> int:
@@ -283,10 +325,13 @@ def main(argv: list[str]) -> int:
         print(f"run_in_vm: {reason}", file=sys.stderr)
         return 2
     results = Path(tempfile.mkdtemp(prefix="hanok-vm-"))
+    systemd = argv[:1] == ["--systemd"]
+    if systemd:
+        argv = argv[1:]
     if argv[:1] == ["--shell-cmd"]:
-        run = boot(" ".join(argv[1:]), results, echo=True)
+        run = boot(" ".join(argv[1:]), results, echo=True, systemd=systemd)
     else:
-        run = run_pytest(argv or ["tests/vm"], results, echo=True)
+        run = run_pytest(argv or ["tests/vm"], results, echo=True, systemd=systemd)
     print(f"run_in_vm: {run.summary()}; console log and reports in {results}", file=sys.stderr)
     if run.error:
         print(f"run_in_vm: {run.error}", file=sys.stderr)
