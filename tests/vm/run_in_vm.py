@@ -42,7 +42,7 @@ from typing import Any
 IN_VM_ENV = "HANOK_IN_VM"
 SYSTEMD_ENV = "HANOK_VM_SYSTEMD"  # set in a VM booted with systemd as PID 1
 RESULTS_ENV = "HANOK_VM_RESULTS"
-DEFAULT_TIMEOUT = 900.0
+DEFAULT_TIMEOUT = 420.0  # a whole VM run takes ~70 s here; a stuck guest is booted again (conftest)
 CPUS = 2
 MEMORY = "2G"
 REPO_ROOT = Path(__file__).resolve().parents[2]
