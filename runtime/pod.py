@@ -457,6 +457,14 @@ _CRI_CONTAINER = Schema({
 _POD_NAMESPACE = 0  # CRI NamespaceMode POD; CONTAINER = 1, NODE = 2
 
 
+def _attempt_name(name: str, attempt: int) -> str:
+    """A kubelet re-creates a sandbox or container with attempt+1 before removing the old one:
+    attempts after the first get their own name (`web-app.1`), the first keeps the plain one."""
+    if type(attempt) is not int or attempt < 0:
+        raise InvalidArgument(f"metadata.attempt: {_shown(attempt)} must be a non-negative integer")
+    return name if attempt == 0 else f"{name}.{attempt}"
+
+
 def pod_from_sandbox_config(document: object) -> PodPlan:
     """A CRI PodSandboxConfig (crictl's JSON: snake_case, camelCase too) -> a PodPlan without containers."""
     doc = _CRI_SANDBOX.check(document, "")
@@ -474,8 +482,8 @@ def pod_from_sandbox_config(document: object) -> PodPlan:
             raise NotSupported(f"linux.security_context.namespace_options.{kind}: only POD (0) is supported")
     if modes.get("pid", 1) != 1:
         raise NotSupported("linux.security_context.namespace_options.pid: only CONTAINER (1) is supported")
-    plan = PodPlan(name=meta["name"], namespace=meta.get("namespace", "default"), uid=meta.get("uid", ""),
-                   labels=doc.get("labels", {}), annotations=doc.get("annotations", {}),
+    plan = PodPlan(name=_attempt_name(meta["name"], meta.get("attempt", 0)), namespace=meta.get("namespace", "default"),
+                   uid=meta.get("uid", ""), labels=doc.get("labels", {}), annotations=doc.get("annotations", {}),
                    hostname=doc.get("hostname") or meta["name"][:63], cgroup_parent=linux.get("cgroup_parent"),
                    log_directory=doc.get("log_directory"))
     if not DNS_LABEL.match(plan.hostname or ""):
@@ -560,7 +568,8 @@ def container_from_cri_config(document: object, pod: dict) -> tuple[RunOptions, 
         raise InvalidArgument(f"working_dir: {_shown(workdir)} is not an absolute path")
     options = RunOptions(
         image=doc["image"]["image"], entrypoint=doc.get("command") or None, command=doc.get("args", []), env=env,
-        workdir=workdir, user=user, name=f"{pod['name']}-{name}", hostname=pod["hostname"], volumes=volumes,
+        workdir=workdir, user=user, name=_attempt_name(f"{pod['name']}-{name}", doc["metadata"].get("attempt", 0)),
+        hostname=pod["hostname"], volumes=volumes,
         network="pod", memory=str(res["memory_limit_in_bytes"]) if res.get("memory_limit_in_bytes") else None,
         cpus=cpus, cpu_shares=res.get("cpu_shares") or None, read_only=bool(security.get("readonly_rootfs")),
         no_new_privileges=bool(security.get("no_new_privs")), cap_add=list(caps.get("add_capabilities", [])),

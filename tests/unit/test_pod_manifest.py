@@ -250,7 +250,7 @@ SANDBOX = {
 def test_sandbox_config_maps_to_a_plan() -> None:
     plan = pod.pod_from_sandbox_config(copy.deepcopy(SANDBOX))
     assert (plan.name, plan.namespace, plan.uid, plan.hostname, plan.cgroup_parent, plan.log_directory) == (
-        "nginx-sandbox", "default", "hdishd83djaidwnduwk28bcsb", "nginx", "/kubepods/pod1", "/tmp/logs")
+        "nginx-sandbox.1", "default", "hdishd83djaidwnduwk28bcsb", "nginx", "/kubepods/pod1", "/tmp/logs")
     assert plan.ports == [{"containerPort": 80, "protocol": "tcp", "hostPort": 18081, "hostIP": "127.0.0.1"},
                           {"containerPort": 82, "protocol": "udp", "hostPort": 18082, "hostIP": ""}]
     assert (plan.labels, plan.annotations, plan.containers) == ({"app": "nginx"}, {"a": "b"}, [])
@@ -369,3 +369,13 @@ def test_a_group_alone_is_applied_to_the_images_user() -> None:
 
     process = overlay.image_config_to_process({"User": "1000:1000", "Cmd": ["true"]}, user=":1234")
     assert (process["user"]["uid"], process["user"]["gid"]) == (1000, 1234)
+
+
+def test_later_attempts_get_their_own_names() -> None:
+    """A kubelet creates attempt 1 before it removes attempt 0: the names must not collide."""
+    again = copy.deepcopy(CONTAINER)
+    again["metadata"]["attempt"] = 1
+    assert pod.container_from_cri_config(again, POD_RECORD)[0].name == "nginx-sandbox-app.1"
+    sandbox = copy.deepcopy(SANDBOX)
+    sandbox["metadata"]["attempt"] = 2
+    assert pod.pod_from_sandbox_config(sandbox).name == sandbox["metadata"]["name"] + ".2"
