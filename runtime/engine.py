@@ -51,6 +51,7 @@ EXIT = "exit.json"
 LOG = "ctr.log"
 NAME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 NAME_CHARS = NAME_FIRST | frozenset("_.-")
+_HEX = frozenset("0123456789abcdef")
 _ADJECTIVES = ("brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid", "merry",
                "nifty", "proud", "quiet", "sharp", "tender", "vivid", "wise", "young", "zen", "bold")
 _NOUNS = ("ondol", "maru", "giwa", "madang", "daecheong", "buttumak", "cheoma", "hanji", "sarang",
@@ -79,13 +80,8 @@ class Container:
     @property
     def record(self) -> dict:
         if self._record is None:
-            try:
-                self._record = jsonio.load_file(os.path.join(self.dir, RECORD))  # type: ignore[assignment]
-            except FileNotFoundError:
-                raise NotFound(f"no such container: {self.id}") from None
-            except ValueError:
-                raise HanokError(f"container {self.id}: {RECORD} is corrupt; `hanok rm -f {self.id}` removes it")
-        return self._record  # type: ignore[return-value]
+            self._record = load_record(os.path.join(self.dir, RECORD), "container", self.id)
+        return self._record
 
     @property
     def name(self) -> str:
@@ -218,35 +214,14 @@ class Engine:
     # ------------------------------------------------------------ lookup
 
     def ids(self) -> list[str]:
-        try:
-            entries = os.listdir(self.containers_dir)
-        except FileNotFoundError:
-            return []
-        return sorted(e for e in entries
-                      if len(e) == 64 and os.path.isfile(os.path.join(self.containers_dir, e, RECORD)))
+        return record_ids(self.containers_dir, RECORD)
 
     def containers(self) -> list[Container]:
         return [Container(self, cid) for cid in self.ids()]
 
     def get(self, ref: str) -> Container:
         """By name, full id, or an unambiguous id prefix (docker's rules)."""
-        if not ref:
-            raise InvalidArgument("a container name or id is required")
-        if NAME_CHARS.issuperset(ref) and ref[0] in NAME_FIRST:
-            try:
-                target = os.readlink(os.path.join(self.names_dir, ref))
-            except OSError:
-                target = None
-            if target and os.path.isfile(os.path.join(self.containers_dir, target, RECORD)):
-                return Container(self, target)
-        hexdigits = frozenset("0123456789abcdef")
-        if hexdigits.issuperset(ref):
-            matches = [cid for cid in self.ids() if cid.startswith(ref)]
-            if len(matches) == 1:
-                return Container(self, matches[0])
-            if len(matches) > 1:
-                raise InvalidArgument(f"container id prefix {ref!r} is ambiguous ({len(matches)} containers)")
-        raise NotFound(f"no such container: {ref}")
+        return Container(self, resolve_ref(ref, "container", self.containers_dir, self.names_dir, RECORD))
 
     def volume_dir(self, name: str) -> str:
         """A named volume's directory, made on first use."""
@@ -351,7 +326,7 @@ class Engine:
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.names_dir, name))
-            _rmtree(cdir)
+            remove_owner_dir(cdir)
             raise
         return Container(self, cid)
 
@@ -551,16 +526,7 @@ class Engine:
             ended = c.read_json(EXIT)
             return ended is not None or not _pid_alive(monitor_pid)
 
-        out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
-        for stream, data in logs.read(c.path(LOG), follow=True, stop=finished):
-            target = out.get(stream, sys.stdout.buffer)
-            try:
-                target.write(data)
-                target.flush()
-            except BrokenPipeError:  # `hanok run ... | head`: stop showing, keep waiting for the exit
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, target.fileno())
-                os.close(devnull)
+        logs.show(logs.read(c.path(LOG), follow=True, stop=finished))  # `run | head` still waits for the exit
         self.cleanup(c.id)  # see _launch: the monitor's exit command is for a killed CLI only
         if ended is None or ended.get("exitCode") is None:
             raise HanokError(f"container {c.name}: its monitor exited without recording an exit code")
@@ -737,7 +703,7 @@ class Engine:
                     if os.readlink(name_link) == c.id:
                         os.unlink(name_link)
                 os.unlink(c.path(RECORD))  # from here on the container does not exist
-            _rmtree(c.dir)
+            remove_owner_dir(c.dir)
             return c
         raise BadState(f"cannot remove container {c.name}: it keeps being started")
 
@@ -834,7 +800,7 @@ class Engine:
                 from hanok.images import overlay
 
                 overlay.unmount(os.path.join(path, "bundle", "rootfs"))
-                _rmtree(path)
+                remove_owner_dir(path)
                 report["halfMade"].append(entry)
         try:
             names = os.listdir(self.names_dir)
@@ -924,6 +890,67 @@ class Engine:
                 if c.record["image"]["id"] == image_id:
                     out.append(c)
         return out
+
+
+def record_ids(owners_dir: str, record: str) -> list[str]:
+    """Ids (64 hex) of the directories under owners_dir that hold a `record` file: containers, pods."""
+    try:
+        entries = os.listdir(owners_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(e for e in entries if len(e) == 64 and os.path.isfile(os.path.join(owners_dir, e, record)))
+
+
+def resolve_ref(ref: str, kind: str, owners_dir: str, names_dir: str, record: str) -> str:
+    """A container's or pod's id from its name, full id, or an unambiguous id prefix (docker's rules)."""
+    if not ref:
+        raise InvalidArgument(f"a {kind} name or id is required")
+    if NAME_CHARS.issuperset(ref) and ref[0] in NAME_FIRST:
+        try:
+            target = os.readlink(os.path.join(names_dir, ref))
+        except OSError:
+            target = None
+        if target and os.path.isfile(os.path.join(owners_dir, target, record)):
+            return target
+    if _HEX.issuperset(ref):
+        matches = [i for i in record_ids(owners_dir, record) if i.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise InvalidArgument(f"{kind} id prefix {ref!r} is ambiguous ({len(matches)} {kind}s)")
+    raise NotFound(f"no such {kind}: {ref}")
+
+
+def load_record(path: str, kind: str, owner_id: str) -> dict:
+    """container.json / pod.json: NotFound when gone, one clear line when corrupt."""
+    try:
+        value = jsonio.load_file(path)
+    except FileNotFoundError:
+        raise NotFound(f"no such {kind}: {owner_id}") from None
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise HanokError(f"{kind} {owner_id}: {path} is corrupt; `hanok {'pod ' if kind == 'pod' else ''}rm -f "
+                         f"{owner_id}` removes it")
+    return value
+
+
+def remove_owner_dir(path: str) -> None:
+    """Remove a container's or pod's directory; never across a mount, at any depth.
+
+    Iterative (images.unpack.remove_tree): a container may have nested
+    directories thousands deep in its upper layer, past Python's recursion limit.
+    """
+    from hanok.images.unpack import remove_tree
+
+    if os.path.ismount(os.path.join(path, "bundle", "rootfs")):
+        raise HanokError(f"cannot remove {path}: its root is still mounted")
+    try:
+        remove_tree(path)
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            raise HanokError(f"cannot remove {path}: something is still mounted there") from None
+        raise
 
 
 @contextlib.contextmanager
@@ -1026,17 +1053,3 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def _rmtree(path: str) -> None:
-    """Remove a container directory; never across a mount (a leaked rootfs mount)."""
-    import shutil
-
-    def onerror(func, p, exc_info):  # type: ignore[no-untyped-def]
-        if isinstance(exc_info[1], FileNotFoundError):
-            return
-        if isinstance(exc_info[1], OSError) and exc_info[1].errno == errno.EBUSY:
-            raise HanokError(f"cannot remove {p}: something is still mounted there") from None
-        raise exc_info[1]
-
-    if os.path.ismount(os.path.join(path, "bundle", "rootfs")):
-        raise HanokError(f"cannot remove {path}: its root is still mounted")
-    shutil.rmtree(path, onerror=onerror)

@@ -666,15 +666,10 @@ class Pod:
     @property
     def record(self) -> dict:
         if self._record is None:
-            from hanok.runtime import jsonio
+            from hanok.runtime.engine import load_record
 
-            try:
-                self._record = jsonio.load_file(os.path.join(self.dir, RECORD))  # type: ignore[assignment]
-            except FileNotFoundError:
-                raise NotFound(f"no such pod: {self.id}") from None
-            except ValueError:
-                raise HanokError(f"pod {self.id}: {os.path.join(self.dir, RECORD)} is corrupt")
-        return self._record  # type: ignore[return-value]
+            self._record = load_record(os.path.join(self.dir, RECORD), "pod", self.id)
+        return self._record
 
     @property
     def name(self) -> str:
@@ -719,33 +714,18 @@ class Pods:
     # ------------------------------------------------------------ lookup
 
     def ids(self) -> list[str]:
-        try:
-            entries = os.listdir(self.pods_dir)
-        except FileNotFoundError:
-            return []
-        return sorted(e for e in entries if len(e) == 64 and os.path.isfile(os.path.join(self.pods_dir, e, RECORD)))
+        from hanok.runtime.engine import record_ids
+
+        return record_ids(self.pods_dir, RECORD)
 
     def all(self) -> list[Pod]:
         return [Pod(self, pid) for pid in self.ids()]
 
     def get(self, ref: str) -> Pod:
         """By name, full id, or an unambiguous id prefix."""
-        if not ref:
-            raise InvalidArgument("a pod name or id is required")
-        if "/" not in ref and ref not in (".", ".."):
-            try:
-                target = os.readlink(os.path.join(self.names_dir, ref))
-            except OSError:
-                target = None
-            if target and os.path.isfile(os.path.join(self.pods_dir, target, RECORD)):
-                return Pod(self, target)
-        if frozenset("0123456789abcdef").issuperset(ref):
-            matches = [pid for pid in self.ids() if pid.startswith(ref)]
-            if len(matches) == 1:
-                return Pod(self, matches[0])
-            if len(matches) > 1:
-                raise InvalidArgument(f"pod id prefix {ref!r} is ambiguous ({len(matches)} pods)")
-        raise NotFound(f"no such pod: {ref}")
+        from hanok.runtime.engine import resolve_ref
+
+        return Pod(self, resolve_ref(ref, "pod", self.pods_dir, self.names_dir, RECORD))
 
     def live_ids(self) -> set[str]:
         """Pods whose sandbox is up: their network endpoints are not garbage."""
@@ -1060,11 +1040,7 @@ def _destroy_cgroup(cgroup: Any, created: list[str] | None = None, raise_errors:
 
 
 def _rmtree(path: str) -> None:
-    import shutil
+    """A pod's directory (its emptyDir volumes may be deep): see engine.remove_owner_dir."""
+    from hanok.runtime.engine import remove_owner_dir
 
-    shutil.rmtree(path, ignore_errors=False, onerror=_ignore_missing)
-
-
-def _ignore_missing(func: Any, path: str, exc_info: Any) -> None:
-    if not isinstance(exc_info[1], FileNotFoundError):
-        raise exc_info[1]
+    remove_owner_dir(path)

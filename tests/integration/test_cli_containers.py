@@ -522,3 +522,11 @@ def test_wait_on_a_created_container_waits_for_its_run(hanok: Hanok) -> None:
     assert waiter.poll() is None  # still waiting: docker's wait blocks on a created container
     hanok.ok("start", "later")
     assert waiter.communicate(timeout=30)[0] == "4\n"
+
+
+def test_rm_removes_a_writable_layer_of_any_depth(hanok: Hanok) -> None:
+    """A container may nest directories past Python's recursion limit in its upper layer."""
+    done = hanok("run", "--network", "none", "--name", "deep", IMAGE, "sh", "-c",
+                 "i=0; while [ $i -lt 1200 ]; do mkdir d && cd d || exit 1; i=$((i+1)); done; echo deep")
+    assert (done.returncode, done.stdout) == (0, "deep\n"), done
+    assert hanok.ok("rm", "deep") == "deep\n"
