@@ -1009,15 +1009,8 @@ def hanok_cli():  # -> click.Group
         if tail != "all" and not tail.isdigit():
             raise click.BadParameter(f"{tail!r}: expected a number or all", param_hint="--tail")
 
-        def stopped() -> bool:
-            return c.output_complete()
-
-        out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
-        for stream, data in logs.read(c.path("ctr.log"), tail=None if tail == "all" else int(tail), since=since,
-                                      timestamps=timestamps, follow=follow, stop=stopped):
-            target = out.get(stream, sys.stdout.buffer)
-            target.write(data)
-            target.flush()
+        logs.show(logs.read(c.path("ctr.log"), tail=None if tail == "all" else int(tail), since=since,
+                            timestamps=timestamps, follow=follow, stop=c.output_complete))
 
     @hanok.command("exec", context_settings={"allow_interspersed_args": False})
     @click.argument("container")
@@ -1409,15 +1402,8 @@ def hanok_cli():  # -> click.Group
             raise click.UsageError(f"pod {target.name} has {len(members)} containers ({names}): choose one with -c")
         c = members[0]
 
-        def stopped() -> bool:
-            return c.output_complete()
-
-        out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
-        for stream, data in logs.read(c.path("ctr.log"), tail=None if tail == "all" else int(tail),
-                                      timestamps=timestamps, follow=follow, stop=stopped):
-            target_stream = out.get(stream, sys.stdout.buffer)
-            target_stream.write(data)
-            target_stream.flush()
+        logs.show(logs.read(c.path("ctr.log"), tail=None if tail == "all" else int(tail),
+                            timestamps=timestamps, follow=follow, stop=c.output_complete))
 
     # ------------------------------------------------------------------ images
 

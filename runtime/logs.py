@@ -22,7 +22,7 @@ import time
 from hanok.runtime.errors import InvalidArgument
 
 if False:  # typing only
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
 STREAMS = ("stdout", "stderr")
 FULL = b"F"
@@ -328,3 +328,24 @@ def _rotated(log_path: str, current) -> bool:
         return True
     mine = os.fstat(current.fileno())
     return (on_disk.st_dev, on_disk.st_ino) != (mine.st_dev, mine.st_ino)
+
+
+def show(entries: Iterable[tuple[str, bytes]]) -> None:
+    """Write what read() yields to our stdout and stderr, as it comes.
+
+    A closed reader (`hanok logs web | head`) ends the showing, not the
+    reading: the rest goes to /dev/null, so callers that wait for the
+    container (an attached `run`) still see it to its end.
+    """
+    import sys
+
+    out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+    for stream, data in entries:
+        target = out.get(stream, sys.stdout.buffer)
+        try:
+            target.write(data)
+            target.flush()
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, target.fileno())
+            os.close(devnull)
