@@ -395,6 +395,17 @@ class Engine:
             state.write_atomic(files["/etc/resolv.conf"], resolv_conf(dns_config).encode(), 0o644)
         return files
 
+    def _fresh_run(self, c: Container) -> dict:
+        """Under the lock: what an earlier run left is released, then root, network and config
+        are set up for a new one (see _prepare)."""
+        if c.status()["running"]:
+            raise BadState(f"container {c.name} is already running")
+        self._release(c)
+        for stale in (EXIT, RUN):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(c.path(stale))
+        return self._prepare(c)
+
     def _prepare(self, c: Container) -> dict:
         """Root mounted, network up, config.json written; undone on failure. Returns run.json."""
         from hanok.images import overlay
@@ -450,13 +461,7 @@ class Engine:
     def _launch(self, c: Container, attach: bool) -> int:
         """Root, network, config and monitor; the container runs when this returns its monitor's pid."""
         with c.lock():
-            if c.status()["running"]:
-                raise BadState(f"container {c.name} is already running")
-            self._release(c)
-            for stale in (EXIT, RUN):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(c.path(stale))
-            run = self._prepare(c)
+            run = self._fresh_run(c)
             try:
                 # a detached container's monitor runs `container cleanup` when it exits; an
                 # attached CLI cleans up itself (it has everything loaded already), and its
@@ -537,13 +542,7 @@ class Engine:
         from hanok.runtime import container
 
         with c.lock():
-            if c.status()["running"]:
-                raise BadState(f"container {c.name} is already running")
-            self._release(c)
-            for stale in (EXIT, RUN):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(c.path(stale))
-            run = self._prepare(c)
+            run = self._fresh_run(c)
             run["monitorPid"] = os.getpid()
             c.write_json(RUN, run)
         try:
