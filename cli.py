@@ -15,7 +15,9 @@ import time
 from hanok import __version__
 
 if False:  # typing only
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
+
+    from hanok.runtime.errors import HanokError
 
 OCI_DEFAULT_ROOT = "/run/hanok-oci"
 
@@ -569,14 +571,251 @@ class _PullProgress:
             sys.stderr.flush()
 
 
+# ---------------------------------------------------------------- `hanok run`'s flags, and its fast path
+#
+# `hanok run` is a hot path (a node agent or a script runs one per container), and importing click
+# costs ~27 ms here, a quarter of a whole `run --rm IMAGE true`. So the flags `run` and `create` share
+# are declared once, as data, in RUN_FLAGS: hanok_cli() turns them into click options, and
+# _fast_run() parses a `hanok [--store S] [--state S] run ...` command line with the same table and
+# click's own rules (short clusters `-it`, `-eK=V`, `--name=x`, `--`, the first positional ends the
+# options). Whatever it is not sure of (--help, an unknown or malformed flag, a bad value, a bundle
+# path, shell completion) it leaves to click, which then prints its usual message: the fast path
+# never produces an error of its own, and tests/unit/test_cli_fast.py checks it against click.
+
+class RunFlag:
+    """One option of `run`/`create`: click's declarations, and what the fast parser needs to know.
+
+    names: as click.option takes them, the flags then the destination; kind: "flag" (is_flag),
+    "value" (the last one given wins) or "multi" (repeatable, a tuple); convert: "int", "float",
+    "choice" (one of `choices`) or "file" (an existing readable file), as the click type says.
+    (A plain class, not a NamedTuple: `typing` is not otherwise imported by hanok-oci's commands.)
+    """
+
+    __slots__ = ("choices", "convert", "default", "help", "kind", "metavar", "names")
+
+    def __init__(self, names: tuple[str, ...], kind: str, help: str, metavar: str | None = None,
+                 default: object = None, convert: str | None = None, choices: tuple[str, ...] = ()):
+        self.names, self.kind, self.help, self.metavar = names, kind, help, metavar
+        self.default, self.convert, self.choices = default, convert, choices
+
+    @property
+    def dest(self) -> str:
+        return self.names[-1]
+
+
+RUN_FLAGS: tuple[RunFlag, ...] = (
+    RunFlag(("--name", "name"), "value", "container name (unique; default: a random one)"),
+    RunFlag(("-e", "--env", "env"), "multi", "set an environment variable", "KEY=VALUE"),
+    RunFlag(("--env-file", "env_file"), "multi", "read KEY=VALUE lines from a file", convert="file"),
+    RunFlag(("-w", "--workdir", "workdir"), "value", "working directory inside the container"),
+    RunFlag(("-u", "--user", "user"), "value", "USER[:GROUP] (names from the image's /etc/passwd)"),
+    RunFlag(("-v", "--volume", "volumes"), "multi", "bind-mount a host path, or a named volume", "SRC:DEST[:ro]"),
+    RunFlag(("--tmpfs", "tmpfs"), "multi", "mount a tmpfs", "DEST[:OPTS]"),
+    RunFlag(("-p", "--publish", "publish"), "multi", "publish a container port on the host",
+            "[IP:][HOST:]PORT[/PROTO]"),
+    RunFlag(("--network", "--net", "network"), "value", "bridge, none, host, a network name, or container:NAME",
+            default="bridge"),
+    RunFlag(("-h", "--hostname", "hostname"), "value", "the container's host name (default: its short id)"),
+    RunFlag(("-m", "--memory", "memory"), "value", "memory limit (e.g. 256m)"),
+    RunFlag(("--cpus", "cpus"), "value", "CPU limit (e.g. 0.5)", convert="float"),
+    RunFlag(("--pids-limit", "pids_limit"), "value", "most processes at once (-1: unlimited)", convert="int"),
+    RunFlag(("--read-only", "read_only"), "flag", "mount the root read-only"),
+    RunFlag(("--cap-add", "cap_add"), "multi", "add a capability (or ALL)"),
+    RunFlag(("--cap-drop", "cap_drop"), "multi", "drop a capability (or ALL)"),
+    RunFlag(("--security-opt", "security_opt"), "multi",
+            "seccomp=unconfined|PATH (default: docker's profile), no-new-privileges", "OPT"),
+    RunFlag(("--entrypoint", "entrypoint"), "value", "replace the image's entrypoint"),
+    RunFlag(("--init", "init"), "flag", "run a tiny init (tini or catatonit) as pid 1"),
+    RunFlag(("-l", "--label", "label"), "multi", "set a label", "KEY=VALUE"),
+    RunFlag(("-t", "--tty", "tty"), "flag", "allocate a terminal"),
+    RunFlag(("-i", "--interactive", "interactive"), "flag", "keep stdin open"),
+    RunFlag(("--rm", "auto_remove"), "flag", "remove the container when it exits"),
+    RunFlag(("--pull", "pull"), "value", "pull the image when it is not stored", default="missing",
+            convert="choice", choices=("missing", "never")),
+)
+RUN_ONLY_FLAGS: tuple[RunFlag, ...] = (
+    RunFlag(("-d", "--detach", "detach"), "flag", "run in the background and print the container id"),
+    RunFlag(("--explain", "explain"), "flag", "print every kernel-level step as a shell command (stderr)"),
+)
+GLOBAL_DEFAULTS = {"store_root": ("HANOK_ROOT", "/var/lib/hanok"), "run_root": ("HANOK_STATE", "/run/hanok")}
+_GLOBAL_NAMES = {"--store": "store_root", "--state": "run_root"}
+
+
+class _NotFast(Exception):
+    """The fast parser is not sure: click parses this command line (and reports any error)."""
+
+
+def _fast_value(flag: RunFlag, raw: str) -> object:
+    """`raw` converted as click's type for `flag` would, or _NotFast where click would refuse it."""
+    try:
+        if flag.convert == "int":
+            return int(raw)
+        if flag.convert == "float":
+            return float(raw)
+    except ValueError:
+        raise _NotFast from None
+    if flag.convert == "choice" and raw not in flag.choices:
+        raise _NotFast
+    if flag.convert == "file" and not (os.path.isfile(raw) and os.access(raw, os.R_OK)):
+        raise _NotFast
+    return raw
+
+
+def parse_fast_run(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[dict[str, str], dict[str, object]]:
+    """(global options, run's parameters) for `[--store S] [--state S] run FLAGS IMAGE [COMMAND...]`,
+    exactly as click would pass them; _NotFast for anything else (see the section's comment)."""
+    if "_HANOK_COMPLETE" in environ:
+        raise _NotFast
+    roots = {dest: environ.get(var) or default for dest, (var, default) in GLOBAL_DEFAULTS.items()}
+    i = 0
+    while i < len(argv) and argv[i] != "run":
+        name, eq, value = argv[i].partition("=")
+        if name not in _GLOBAL_NAMES:
+            raise _NotFast
+        if not eq:
+            i += 1
+            if i == len(argv):
+                raise _NotFast
+            value = argv[i]
+        roots[_GLOBAL_NAMES[name]] = value
+        i += 1
+    if i == len(argv) or any(os.path.isfile(root) for root in roots.values()):  # click.Path(file_okay=False)
+        raise _NotFast
+    long_flags = {n: f for f in RUN_FLAGS + RUN_ONLY_FLAGS for n in f.names if n.startswith("--")}
+    short_flags = {n: f for f in RUN_FLAGS + RUN_ONLY_FLAGS for n in f.names if len(n) == 2 and n[0] == "-"}
+    params: dict[str, object] = {f.dest: (() if f.kind == "multi" else False if f.kind == "flag" else f.default)
+                                 for f in RUN_FLAGS + RUN_ONLY_FLAGS}
+    rest = list(argv[i + 1:])
+
+    def take(flag: RunFlag, attached: str | None) -> None:
+        if flag.kind == "flag":
+            if attached is not None:
+                raise _NotFast
+            params[flag.dest] = True
+            return
+        if attached is None:
+            if not rest:
+                raise _NotFast
+            attached = rest.pop(0)
+        value = _fast_value(flag, attached)
+        params[flag.dest] = (*params[flag.dest], value) if flag.kind == "multi" else value  # type: ignore[misc]
+
+    while rest:
+        arg = rest[0]
+        if arg == "--":
+            rest.pop(0)
+            break
+        if arg[:1] != "-" or len(arg) == 1:
+            break
+        rest.pop(0)
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            if name not in long_flags:
+                raise _NotFast
+            take(long_flags[name], value if eq else None)
+            continue
+        for position, char in enumerate(arg[1:], start=2):  # a cluster: -it, -eKEY=VALUE
+            flag = short_flags.get("-" + char)
+            if flag is None:
+                raise _NotFast
+            if flag.kind == "flag":
+                take(flag, None)
+                continue
+            take(flag, arg[position:] or None)
+            break
+    if not rest or rest[0].startswith(("/", "./", "../")):  # no IMAGE, or a bundle: click's branch
+        raise _NotFast
+    params["image"], params["command"] = rest[0], tuple(rest[1:])
+    return roots, params
+
+
+def _fast_run(argv: Sequence[str]) -> None:
+    """`hanok run` without click, when parse_fast_run is sure; returns (to click) when it is not."""
+    try:
+        roots, params = parse_fast_run(argv, os.environ)
+    except _NotFast:
+        return
+    from hanok.runtime.errors import HanokError
+
+    app = Application(roots["store_root"], roots["run_root"])
+    try:
+        run_container(app, params)
+    except KeyboardInterrupt:  # as click's standalone mode does
+        sys.stderr.write("\nAborted!\n")
+        sys.exit(1)
+    except HanokError as e:
+        _fail(e)
+    except OSError as e:
+        _fail_os(e)
+    sys.exit(0)
+
+
+def _fail(error: HanokError) -> None:  # noqa: F821 (imported by the callers)
+    """`hanok: <message>` on stderr; exit 126/127 when the command could not run, else 125."""
+    sys.stderr.write(f"hanok: {error}\n")
+    sys.stderr.flush()
+    sys.exit(error.exit_code if error.exit_code in (126, 127) else 125)
+
+
+def _fail_os(error: OSError) -> None:
+    """An OSError reaching the CLI is a library bug (it should have been a HanokError): still one line."""
+    from hanok.runtime.errors import HanokError
+
+    where = f": {error.filename}" if error.filename else ""
+    _fail(HanokError(f"{error.strerror or error}{where}"))
+
+
+def run_container(app: Application, params: dict[str, object]) -> None:
+    """`hanok run IMAGE` after parsing (click's or the fast one): create, start, follow, exit with its code."""
+    from hanok.runtime import explain as trace
+
+    params = dict(params)
+    image, command = str(params.pop("image")), tuple(params.pop("command"))  # type: ignore[call-overload]
+    detach = bool(params.pop("detach"))
+    if params.pop("explain"):
+        trace.enable(os.dup(2))
+    pull = params["pull"] == "missing"
+    c, code = app.engine.run(run_options_of(image, command, params), detach=detach, pull=pull)
+    if detach:
+        print(c.id, flush=True)
+        return
+    sys.exit(code)
+
+
+def run_options_of(image: str, command: tuple[str, ...], params: dict):  # -> hanok.runtime.bundle.RunOptions
+    """RunOptions from the parameters of RUN_FLAGS (env files read here)."""
+    from hanok.runtime.bundle import RunOptions
+
+    kw = dict(params)
+    env = []
+    for path in kw.pop("env_file"):
+        with open(path) as f:
+            env += [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    env += list(kw.pop("env"))
+    labels = {}
+    for item in kw.pop("label"):
+        key, _, value = item.partition("=")
+        labels[key] = value
+    entrypoint = kw.pop("entrypoint")
+    kw.pop("pull", None)
+    return RunOptions(image=image, command=list(command), env=env, labels=labels,
+                      entrypoint=None if entrypoint is None else ([entrypoint] if entrypoint else []),
+                      volumes=list(kw.pop("volumes")), tmpfs=list(kw.pop("tmpfs")),
+                      publish=list(kw.pop("publish")), cap_add=list(kw.pop("cap_add")),
+                      cap_drop=list(kw.pop("cap_drop")), security_opt=list(kw.pop("security_opt")), **kw)
+
+
 def hanok_main() -> None:
     """Entry point of `hanok`, the CLI for people and node agents (click).
 
     Exit codes as docker's: 125 when hanok itself fails, 126/127 when the
     command cannot be invoked / is not found, else the container's own code;
     2 for usage errors (click's). Shell completion is click's:
-    `eval "$(_HANOK_COMPLETE=bash_source hanok)"`.
+    `eval "$(_HANOK_COMPLETE=bash_source hanok)"`. `hanok run` is parsed
+    without click when it can be (see _fast_run).
     """
+    if "run" in sys.argv[1:6]:
+        _fast_run(sys.argv[1:])  # exits, unless click should parse this command line
     hanok_cli()(prog_name="hanok")
 
 
@@ -586,10 +825,7 @@ def hanok_cli():  # -> click.Group
 
     from hanok.runtime.errors import HanokError, NotFound
 
-    def fail(error: HanokError) -> None:
-        click.echo(f"hanok: {error}", err=True)
-        code = error.exit_code if error.exit_code in (126, 127) else 125
-        sys.exit(code)
+    fail = _fail
 
     class Group(click.Group):
         """Every HanokError a command lets through: `hanok: <message>`, one line, exit 125.
@@ -604,8 +840,7 @@ def hanok_cli():  # -> click.Group
             except HanokError as e:
                 fail(e)
             except OSError as e:
-                where = f": {e.filename}" if e.filename else ""
-                fail(HanokError(f"{e.strerror or e}{where}"))
+                _fail_os(e)
 
     @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(__version__, prog_name="hanok")
@@ -663,70 +898,32 @@ def hanok_cli():  # -> click.Group
 
     # ------------------------------------------------------------------ containers
 
+    def click_option(flag: RunFlag):  # type: ignore[no-untyped-def]
+        """A click option from its RUN_FLAGS entry (the one declaration both parsers read)."""
+        kw: dict = {"help": flag.help, "metavar": flag.metavar}
+        if flag.kind == "flag":
+            kw["is_flag"] = True
+        elif flag.kind == "multi":
+            kw["multiple"] = True
+        else:
+            kw["default"] = flag.default
+            kw["show_default"] = flag.default is not None
+        kw["type"] = {"int": int, "float": float, "file": click.Path(exists=True, dir_okay=False),
+                      "choice": click.Choice(flag.choices), None: None}[flag.convert]
+        return click.option(*flag.names, **kw)
+
     def run_options(f):  # type: ignore[no-untyped-def]
-        """The flags `run` and `create` share (docker's names and meanings)."""
-        options = [
-            click.option("--name", default=None, help="container name (unique; default: a random one)"),
-            click.option("-e", "--env", multiple=True, metavar="KEY=VALUE", help="set an environment variable"),
-            click.option("--env-file", multiple=True, type=click.Path(exists=True, dir_okay=False),
-                         help="read KEY=VALUE lines from a file"),
-            click.option("-w", "--workdir", default=None, help="working directory inside the container"),
-            click.option("-u", "--user", default=None, help="USER[:GROUP] (names from the image's /etc/passwd)"),
-            click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DEST[:ro]",
-                         help="bind-mount a host path, or a named volume"),
-            click.option("--tmpfs", multiple=True, metavar="DEST[:OPTS]", help="mount a tmpfs"),
-            click.option("-p", "--publish", multiple=True, metavar="[IP:][HOST:]PORT[/PROTO]",
-                         help="publish a container port on the host"),
-            click.option("--network", "--net", "network", default="bridge", show_default=True,
-                         help="bridge, none, host, a network name, or container:NAME"),
-            click.option("-h", "--hostname", default=None, help="the container's host name (default: its short id)"),
-            click.option("-m", "--memory", default=None, help="memory limit (e.g. 256m)"),
-            click.option("--cpus", type=float, default=None, help="CPU limit (e.g. 0.5)"),
-            click.option("--pids-limit", type=int, default=None, help="most processes at once (-1: unlimited)"),
-            click.option("--read-only", is_flag=True, help="mount the root read-only"),
-            click.option("--cap-add", multiple=True, help="add a capability (or ALL)"),
-            click.option("--cap-drop", multiple=True, help="drop a capability (or ALL)"),
-            click.option("--security-opt", multiple=True, metavar="OPT",
-                         help="seccomp=unconfined|PATH (default: docker's profile), no-new-privileges"),
-            click.option("--entrypoint", default=None, help="replace the image's entrypoint"),
-            click.option("--init", is_flag=True, help="run a tiny init (tini or catatonit) as pid 1"),
-            click.option("-l", "--label", multiple=True, metavar="KEY=VALUE", help="set a label"),
-            click.option("-t", "--tty", is_flag=True, help="allocate a terminal"),
-            click.option("-i", "--interactive", is_flag=True, help="keep stdin open"),
-            click.option("--rm", "auto_remove", is_flag=True, help="remove the container when it exits"),
-            click.option("--pull", type=click.Choice(["missing", "never"]), default="missing", show_default=True,
-                         help="pull the image when it is not stored"),
-        ]
-        for option in reversed(options):
-            f = option(f)
+        """The flags `run` and `create` share (docker's names and meanings), from RUN_FLAGS."""
+        for flag in reversed(RUN_FLAGS):
+            f = click_option(flag)(f)
         return f
-
-    def make_options(image: str, command: tuple[str, ...], kw: dict):  # -> hanok.runtime.bundle.RunOptions
-        from hanok.runtime.bundle import RunOptions
-
-        env = []
-        for path in kw.pop("env_file"):
-            with open(path) as f:
-                env += [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
-        env += list(kw.pop("env"))
-        labels = {}
-        for item in kw.pop("label"):
-            key, _, value = item.partition("=")
-            labels[key] = value
-        entrypoint = kw.pop("entrypoint")
-        kw.pop("pull", None)
-        return RunOptions(image=image, command=list(command), env=env, labels=labels,
-                          entrypoint=None if entrypoint is None else ([entrypoint] if entrypoint else []),
-                          volumes=list(kw.pop("volumes")), tmpfs=list(kw.pop("tmpfs")),
-                          publish=list(kw.pop("publish")), cap_add=list(kw.pop("cap_add")),
-                          cap_drop=list(kw.pop("cap_drop")), security_opt=list(kw.pop("security_opt")), **kw)
 
     @hanok.command("run", context_settings={"allow_interspersed_args": False})
     @click.argument("image")
     @click.argument("command", nargs=-1)
     @run_options
-    @click.option("-d", "--detach", is_flag=True, help="run in the background and print the container id")
-    @click.option("--explain", is_flag=True, help="print every kernel-level step as a shell command (stderr)")
+    @click_option(RUN_ONLY_FLAGS[0])
+    @click_option(RUN_ONLY_FLAGS[1])
     @pass_app
     def run_cmd(app: Application, image: str, command: tuple[str, ...], detach: bool, explain: bool,
                 **kw: object) -> None:
@@ -745,13 +942,12 @@ def hanok_cli():  # -> click.Group
           hanok run -it alpine sh
           hanok run --explain /tmp/demo
         """
-        from hanok.runtime import explain as trace
-
-        if explain:
-            trace.enable(os.dup(2))
         if image.startswith(("/", "./", "../")):  # an OCI bundle: image names never start so
             from hanok.runtime import container
+            from hanok.runtime import explain as trace
 
+            if explain:
+                trace.enable(os.dup(2))
             ignored = sorted(k for k, v in kw.items()
                              if k not in ("name", "pull", "network") and v not in (None, False, ()))
             if detach or command or ignored or kw["network"] != "bridge":
@@ -760,13 +956,7 @@ def hanok_cli():  # -> click.Group
                 raise NotFound(f"{image}: not an OCI bundle (no config.json)")
             sys.exit(container.run(os.path.join(app.run_root, "bundles"), kw.get("name") or f"hanok-{os.getpid()}",
                                    image))
-        pull = kw["pull"] == "missing"
-        opts = make_options(image, command, dict(kw))
-        c, code = app.engine.run(opts, detach=detach, pull=pull)
-        if detach:
-            click.echo(c.id)
-            return
-        sys.exit(code)
+        run_container(app, {"image": image, "command": command, "detach": detach, "explain": explain, **kw})
 
     @hanok.command("create", context_settings={"allow_interspersed_args": False})
     @click.argument("image", required=False)
@@ -803,7 +993,7 @@ def hanok_cli():  # -> click.Group
             return
         if image is None:
             raise click.UsageError("Missing argument 'IMAGE'.")
-        options = make_options(image, command, dict(kw))
+        options = run_options_of(image, command, kw)
         if pod is not None:
             c = app.engine.pods.create_container(app.engine.pods.get(pod), options, pull=pull)
         else:

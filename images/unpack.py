@@ -42,9 +42,11 @@ import os
 import stat
 import zlib
 from collections.abc import Iterator
-from typing import BinaryIO
 
 from hanok.runtime.errors import ImageError
+
+if False:  # typing only (typing costs ~2 ms on the `hanok run` hot path)
+    from typing import BinaryIO
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

@@ -35,7 +35,7 @@ import contextlib
 import errno
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hanok.runtime.bundle import RunOptions
@@ -853,7 +853,7 @@ class Pods:
         try:
             sources = self.volume_sources(pod)
             for cp in plan.containers:
-                options = replace(cp.options, name=f"{plan.name}-{cp.name}", volumes=[
+                options = cp.options.replace(name=f"{plan.name}-{cp.name}", volumes=[
                     f"{sources[vol]}:{path}:{'ro' if ro else 'rw'}" for vol, path, ro in cp.mounts])
                 made.append(self.create_container(pod, options, pull=cp.pull))
             for c in made:

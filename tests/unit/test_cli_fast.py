@@ -1,0 +1,118 @@
+"""`hanok run`'s fast path (cli.parse_fast_run) parses exactly as click does, or leaves the line to click.
+
+Each command line is parsed twice: by the fast parser, and by the real click
+group with `run_container` (the code after parsing) replaced by a recorder. The
+two must hand the same store, state and parameters on. Lines the fast parser
+is unsure of must raise _NotFast, so click (and its error messages) handle them.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import hanok
+from hanok import cli
+
+
+def click_parse(argv: list[str], monkeypatch: pytest.MonkeyPatch,
+                environ: dict[str, str]) -> tuple[dict[str, str], dict[str, object]]:
+    seen: list[tuple[dict[str, str], dict[str, object]]] = []
+
+    def record(app: cli.Application, params: dict[str, object]) -> None:
+        seen.append(({"store_root": app.store_root, "run_root": app.run_root}, dict(params)))
+
+    monkeypatch.setattr(cli, "run_container", record)
+    for var in ("HANOK_ROOT", "HANOK_STATE"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in environ.items():
+        monkeypatch.setenv(var, value)
+    cli.hanok_cli().main(argv, prog_name="hanok", standalone_mode=False)
+    assert len(seen) == 1
+    return seen[0]
+
+
+def cases(env_file: Path) -> list[list[str]]:
+    return [
+        ["run", "img"],
+        ["run", "--rm", "-it", "img", "sh"],
+        ["run", "-dit", "--name=web", "img"],
+        ["run", "-eA=1", "-e", "B=2", "--env=C=3", "img", "echo", "-e", "x"],
+        ["run", "-e=A", "img"],                       # a short flag keeps the "=": value "=A", as click does
+        ["run", "-ti", "-e", "--rm", "img"],          # a value may look like a flag
+        ["--store", "/tmp/s", "--state=/tmp/r", "run", "--network", "none", "--net=host", "img"],
+        ["run", "--cpus", "0.5", "--pids-limit=-1", "-m", "256m", "img"],
+        ["run", "--", "img", "--rm"],
+        ["run", "img", "--rm", "-d"],                 # after IMAGE everything is the command
+        ["run", "-p", "80:80", "-p8080:80/udp", "-v", "/a:/b:ro", "--tmpfs", "/t", "img"],
+        ["run", "--pull", "never", "--entrypoint", "", "img", "-"],
+        ["run", "-h", "myhost", "-u", "1:2", "-w", "/w", "img"],
+        ["run", "--cap-add", "ALL", "--cap-drop=NET_RAW", "--security-opt", "seccomp=unconfined",
+         "--read-only", "--init", "-l", "a=b", "--label", "c", "img"],
+        ["run", "--env-file", str(env_file), "--explain", "img"],
+        ["run", "--name", "a", "--name", "b", "img"],  # the last one wins
+    ]
+
+
+def test_fast_parser_agrees_with_click(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_text("A=1\n")
+    for environ in ({}, {"HANOK_ROOT": str(tmp_path / "store"), "HANOK_STATE": ""}):
+        for argv in cases(env_file):
+            fast = cli.parse_fast_run(argv, environ)
+            assert fast == click_parse(argv, monkeypatch, environ), argv
+
+
+@pytest.mark.parametrize("argv", [
+    ["run"],
+    ["run", "--help", "img"],
+    ["run", "--bogus", "img"],
+    ["run", "-z", "img"],
+    ["run", "-it-", "img"],
+    ["run", "--cpus", "half", "img"],
+    ["run", "--pids-limit", "1.5", "img"],
+    ["run", "--pull", "always", "img"],
+    ["run", "--rm=yes", "img"],
+    ["run", "--name"],
+    ["run", "--env-file", "/nonexistent/env", "img"],
+    ["run", "/bundle"],
+    ["run", "./bundle"],
+    ["--version", "run", "img"],
+    ["--store", "/etc/hostname", "run", "img"],      # click.Path(file_okay=False)
+    ["--store"],
+    ["ps"],
+    ["images", "run"],
+])
+def test_unsure_lines_go_to_click(argv: list[str]) -> None:
+    with pytest.raises(cli._NotFast):
+        cli.parse_fast_run(argv, {})
+
+
+def test_completion_goes_to_click() -> None:
+    with pytest.raises(cli._NotFast):
+        cli.parse_fast_run(["run", "img"], {"_HANOK_COMPLETE": "bash_source"})
+
+
+def _hanok(tmp_path: Path, code: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(hanok.__file__)))
+    for var in ("HANOK_ROOT", "HANOK_STATE"):
+        env.pop(var, None)
+    prelude = ("import atexit, sys\n"
+               "atexit.register(lambda: sys.stderr.write('click loaded: %s\\n' % ('click' in sys.modules)))\n"
+               f"sys.argv = ['hanok', *{argv!r}]\n")
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=60,
+                          env=env, cwd=tmp_path)
+
+
+def test_fast_run_loads_no_click_and_fails_as_click_does(tmp_path: Path) -> None:
+    argv = ["--store", str(tmp_path / "store"), "--state", str(tmp_path / "state"),
+            "run", "--rm", "--pull", "never", "no-such-image:1", "true"]
+    fast = _hanok(tmp_path, "from hanok.cli import hanok_main; hanok_main()", argv)
+    slow = _hanok(tmp_path, "from hanok.cli import hanok_cli; hanok_cli()(prog_name='hanok')", argv)
+    assert fast.returncode == slow.returncode == 125
+    assert fast.stderr.replace("click loaded: False", "click loaded: True") == slow.stderr
+    assert fast.stderr.splitlines()[0].startswith("hanok: ") and "no-such-image" in fast.stderr
+    assert "click loaded: False" in fast.stderr
