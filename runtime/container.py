@@ -63,7 +63,7 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
                                                inline="time" in cfg.namespaces)
         saved = {"process": cfg.process, "namespaces": cfg.namespaces, "seccomp": cfg.seccomp,
                  "hooks": {k: v for k, v in cfg.hooks.items() if k in ("poststart", "poststop")}}
-        state.write_atomic(os.path.join(cdir, state.CONFIG_FILE), jsonio.dumps(saved).encode())
+        state.write_atomic(os.path.join(cdir, state.CONFIG_FILE), jsonio.dumps(saved).encode(), durable=False)
         os.mkfifo(os.path.join(cdir, state.FIFO), 0o622)
         os.chmod(os.path.join(cdir, state.FIFO), 0o622)  # mkfifo's mode is umasked
         dir_fd = os.open(cdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)

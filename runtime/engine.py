@@ -111,7 +111,8 @@ class Container:
         return value if isinstance(value, dict) else None
 
     def write_json(self, name: str, value: dict) -> None:
-        state.write_atomic(self.path(name), jsonio.dumps(value).encode(), 0o644)
+        """Atomically; fsynced except run.json, which describes a live process (moot after a power loss)."""
+        state.write_atomic(self.path(name), jsonio.dumps(value).encode(), 0o644, durable=name != RUN)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -323,7 +324,9 @@ class Engine:
                 "hostname": opts.hostname or cid[:12],
                 "options": opts.to_dict(),
             }
-            state.write_atomic(os.path.join(cdir, RECORD), jsonio.dumps(record).encode(), 0o644)
+            # durable, as a container outlives a reboot; except a --rm one, which would not
+            state.write_atomic(os.path.join(cdir, RECORD), jsonio.dumps(record).encode(), 0o644,
+                               durable=not opts.auto_remove)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.names_dir, name))
@@ -396,15 +399,17 @@ class Engine:
             state.write_atomic(files["/etc/resolv.conf"], resolv_conf(dns_config).encode(), 0o644)
         return files
 
-    def _fresh_run(self, c: Container) -> dict:
+    def _fresh_run(self, c: Container, first: bool = False) -> dict:
         """Under the lock: what an earlier run left is released, then root, network and config
-        are set up for a new one (see _prepare)."""
+        are set up for a new one (see _prepare). `first`: `run` created `c` just now, so there
+        is no earlier run to release (unless a `start` raced us, which the status check sees)."""
         if c.status()["running"]:
             raise BadState(f"container {c.name} is already running")
-        self._release(c)
-        for stale in (EXIT, RUN):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(c.path(stale))
+        if not first or os.path.exists(c.path(RUN)):
+            self._release(c)
+            for stale in (EXIT, RUN):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(c.path(stale))
         return self._prepare(c)
 
     def _prepare(self, c: Container) -> dict:
@@ -459,10 +464,10 @@ class Engine:
         monitor_pid = self._launch(c, attach)
         return self._follow_until_exit(c, monitor_pid) if attach else c
 
-    def _launch(self, c: Container, attach: bool) -> int:
+    def _launch(self, c: Container, attach: bool, first: bool = False) -> int:
         """Root, network, config and monitor; the container runs when this returns its monitor's pid."""
         with c.lock():
-            run = self._fresh_run(c)
+            run = self._fresh_run(c, first)
             try:
                 # a detached container's monitor runs `container cleanup` when it exits; an
                 # attached CLI cleans up itself (it has everything loaded already), and its
@@ -532,7 +537,15 @@ class Engine:
             ended = c.read_json(EXIT)
             return ended is not None or not _pid_alive(monitor_pid)
 
-        logs.show(logs.read(c.path(LOG), follow=True, stop=finished))  # `run | head` still waits for the exit
+        try:  # readable once the monitor is gone, i.e. once it has recorded the exit: no poll interval lost
+            wake: int | None = os.pidfd_open(monitor_pid)
+        except OSError:  # gone already (finished() sees that at once), or a kernel without pidfds (< 5.3)
+            wake = None
+        try:
+            logs.show(logs.read(c.path(LOG), follow=True, stop=finished, wake_fd=wake))  # `run | head` waits too
+        finally:
+            if wake is not None:
+                os.close(wake)
         self.cleanup(c.id)  # see _launch: the monitor's exit command is for a killed CLI only
         if ended is None or ended.get("exitCode") is None:
             raise HanokError(f"container {c.name}: its monitor exited without recording an exit code")
@@ -566,7 +579,7 @@ class Engine:
         try:
             if opts.tty and not detach:
                 return c, self._run_in_terminal(c)
-            monitor_pid = self._launch(c, attach=not detach)
+            monitor_pid = self._launch(c, attach=not detach, first=True)
         except BaseException:
             with contextlib.suppress(HanokError, OSError):
                 self.remove(c.id, force=True)
@@ -630,7 +643,11 @@ class Engine:
                 self.remove(c.id, force=True)
 
     def _record_oom_kill(self, c: Container) -> None:
-        """Before the cgroup goes: did the kernel's OOM killer end this run? (into exit.json)"""
+        """Before the cgroup goes: did the kernel's OOM killer end this run? (into exit.json)
+
+        Written only when it did: readers take a missing oomKilled as false, and
+        rewriting exit.json after every run would cost an fsync on `run`'s path.
+        """
         from hanok.runtime import container
 
         ended = c.read_json(EXIT)
@@ -640,8 +657,9 @@ class Engine:
             memory = container.stats(self.oci_root, c.id).get("memory") or {}
         except HanokError:
             return
-        ended["oomKilled"] = bool(memory.get("oom_kill"))
-        c.write_json(EXIT, ended)
+        if memory.get("oom_kill"):
+            ended["oomKilled"] = True
+            c.write_json(EXIT, ended)
 
     def _network_set_up(self, c: Container) -> bool:
         from hanok.netns import network

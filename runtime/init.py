@@ -417,7 +417,10 @@ def exec_process(cfg: Config, process: dict, init_pid: int, sync: Sync, *,
                 raise HanokError("a terminal was requested but no --console-socket was given")
             setup_terminal(console_sock)
         env = process.get("env") or []
-        enter_cwd(process.get("cwd", "/"), create=False)
+        try:
+            enter_cwd(process.get("cwd", "/"), create=False)
+        except HanokError as e:  # `docker exec -w /missing` exits 126: the command could not be invoked
+            raise ContainerStartError(str(e), 126) from None
         executable = find_executable(process["args"], env, process.get("cwd", "/"))
         sync.wait_ok()  # the parent has moved us into the container's cgroup
         finish_and_exec(process, cfg.seccomp, executable)

@@ -167,14 +167,18 @@ class _Joiner:
 
 
 def read(log_path: str, *, tail: int | None = None, since: str | None = None, timestamps: bool = False,
-         follow: bool = False, stop: Callable[[], bool] | None = None) -> Iterator[tuple[str, bytes]]:
+         follow: bool = False, stop: Callable[[], bool] | None = None,
+         wake_fd: int | None = None) -> Iterator[tuple[str, bytes]]:
     """Yield (stream, bytes to print) for a container's log, oldest first.
 
     `tail` keeps the last N entries (read backwards from the end, so a large
     log costs only what is shown); `since` drops entries older than an RFC 3339
     time; `timestamps` prefixes each entry with its time. `follow` keeps reading
     what the monitor appends (polling every 0.1 s, across rotations) until
-    `stop()` returns True, then drains what is left and returns.
+    `stop()` returns True, then drains what is left and returns. `wake_fd`,
+    if given, turns readable when stop() may have become true (the attached
+    `run` passes a pidfd of the container's monitor): a wait ends at once
+    then, instead of at the next poll.
     """
     if tail is not None and tail < 0:
         raise InvalidArgument(f"--tail must be 0 or more, not {tail}")
@@ -193,7 +197,7 @@ def read(log_path: str, *, tail: int | None = None, since: str | None = None, ti
         entries = entries[-tail:] if tail else []
     yield from entries
     if follow:
-        yield from _follow(log_path, current, joiner, stop or (lambda: False))
+        yield from _follow(log_path, current, joiner, stop or (lambda: False), wake_fd)
 
 
 def _open(path: str):
@@ -287,7 +291,8 @@ def _tag(line: bytes) -> bytes:
     return parts[2] if len(parts) > 2 else b""
 
 
-def _follow(log_path: str, current, joiner: _Joiner, stop: Callable[[], bool]) -> Iterator[tuple[str, bytes]]:
+def _follow(log_path: str, current, joiner: _Joiner, stop: Callable[[], bool],
+            wake_fd: int | None = None) -> Iterator[tuple[str, bytes]]:
     """Read what is appended to `log_path`, through rotations, until stop() and a last drain."""
     buffer = b""
     pause = FIRST_POLL_SECONDS
@@ -314,7 +319,12 @@ def _follow(log_path: str, current, joiner: _Joiner, stop: Callable[[], bool]) -
                 current.close()
             yield from joiner.flush()
             return
-        time.sleep(pause)
+        if wake_fd is None:
+            time.sleep(pause)
+        else:
+            import select
+
+            select.select([wake_fd], [], [], pause)
         pause = min(pause * 2, POLL_SECONDS)
 
 

@@ -103,7 +103,7 @@ def write_pid_file(path: str, pid: int) -> None:
     from hanok.runtime.state import write_atomic
 
     path = os.path.abspath(path)
-    write_atomic(path, str(pid).encode(), 0o644)
+    write_atomic(path, str(pid).encode(), 0o644, durable=False)
 
 
 def connect_console_socket(path: str) -> int:

@@ -168,6 +168,7 @@ def test_detached_lifecycle_logs_exec_stop(hanok: Hanok) -> None:
     assert summary[0]["pid"] > 0
     assert hanok.ok("exec", "web", "cat", "/etc/hostname") == "box\n"
     assert hanok("exec", cid[:7], "sh", "-c", "exit 6").returncode == 6
+    failed(hanok("exec", "-w", "/missing", "web", "true"), "process.cwd /missing: No such file or directory", 126)
     done = hanok("logs", "web")
     assert (done.stdout, done.stderr) == ("started\n", "warn\n")
     stamped = hanok("logs", "-t", "--tail", "1", "web")  # the last line: warn, on stderr
