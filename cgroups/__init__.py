@@ -120,6 +120,13 @@ class Manager:
     def enter(self, pid: int) -> None:
         raise NotImplementedError
 
+    # Whether enter_self() is cheaper than enter(pid) here (see V1Manager.enter_self).
+    can_enter_self = False
+
+    def enter_self(self) -> None:
+        """Move the calling single-threaded process in (called by a child before it execs)."""
+        raise NotImplementedError
+
     def procs(self) -> list[int]:
         raise NotImplementedError
 
@@ -211,6 +218,8 @@ class BackgroundSetup:
     """
 
     def __init__(self, manager: "Manager", resources: dict, inline: bool = False):
+        """`manager.can_enter_self`: no warm-up, as the init moves itself (see V1Manager.enter_self);
+        a warm-up would even hold up that move, as it holds cgroup_mutex through the grace period."""
         import _thread
 
         from hanok.runtime import explain
@@ -223,9 +232,9 @@ class BackgroundSetup:
             return
         self._done = _thread.allocate_lock()
         self._done.acquire()
-        _thread.start_new_thread(self._run, (manager, resources))
+        _thread.start_new_thread(self._run, (manager, resources, not manager.can_enter_self))
 
-    def _run(self, manager: "Manager", resources: dict) -> None:
+    def _run(self, manager: "Manager", resources: dict, warm_up: bool) -> None:
         try:
             manager.create()
             manager.apply(resources)
@@ -233,7 +242,7 @@ class BackgroundSetup:
             self._error = e
         finally:
             self._done.release()  # type: ignore[union-attr]
-        if self._error is None:
+        if self._error is None and warm_up:
             _move_self_in_place()
 
     def wait(self) -> None:

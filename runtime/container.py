@@ -85,6 +85,9 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
                          state_json=hook_state)
         if "user" in cfg.namespaces:
             init_pid = _fork_via_intermediate(cfg, sync, dir_fd, init_args, cgroup)
+        elif cgroup.can_enter_self:  # the init moves itself, first thing (see V1Manager.enter_self)
+            init_pid = _fork_init(cfg, sync, dir_fd, dict(init_args, wait_for_cgroup=False, enter_cgroup=cgroup))
+            our_child = True
         else:
             new_cgroupns = cfg.namespaces.get("cgroup", "") is None
             init_pid = _fork_init(cfg, sync, dir_fd, dict(init_args, wait_for_cgroup=new_cgroupns))
@@ -611,18 +614,21 @@ def exec_process(root: str, container_id: str, process: dict, *, detach: bool = 
                     sc.setns(fd, flag)
                 finally:
                     os.close(fd)
+        cgroup = _cgroup_of(record) if "cgroupsPath" in record else None
+        self_enter = cgroup is not None and cgroup.can_enter_self
         pid = os.fork()
         if pid == 0:
             try:
                 init.exec_process(saved, process, init_pid, init.Sync(*sync.child_ends()),
-                                  console_sock=console_fd, preserve_fds=preserve_fds)
+                                  console_sock=console_fd, preserve_fds=preserve_fds,
+                                  enter_cgroup=cgroup if self_enter else None)
             finally:
                 os._exit(1)
         sync.close_child_ends()
         entered: HanokError | None = None
         try:
-            if "cgroupsPath" in record:
-                _cgroup_of(record).enter(pid)
+            if cgroup is not None and not self_enter:
+                cgroup.enter(pid)
             sync.send_ok()
         except HanokError as e:
             entered = e

@@ -19,6 +19,9 @@ from hanok.runtime import syscalls as sc
 from hanok.runtime.errors import ContainerStartError, HanokError
 from hanok.runtime.spec import NAMESPACE_FLAGS, NS_PROC_NAME, RLIMIT_NUMBER, Config
 
+if False:  # typing only
+    from hanok.cgroups import Manager
+
 # Order to join existing namespaces: the user namespace first (it grants the
 # capabilities the other setns calls need), the mount namespace last (it
 # changes what paths mean).
@@ -272,12 +275,19 @@ def preload(process: dict, seccomp: dict | None, hooks: bool) -> None:
 
 def container_init(cfg: Config, sync: Sync, state_dir_fd: int, *, console_sock: int | None,
                    preserve_fds: int, no_pivot: bool, no_new_keyring: bool, in_userns: bool,
-                   hooks_in_parent: bool, state_json: dict, wait_for_cgroup: bool) -> None:
-    """PID 1 of a new container: build its world, wait for `start`, exec the program."""
+                   hooks_in_parent: bool, state_json: dict, wait_for_cgroup: bool,
+                   enter_cgroup: Manager | None = None) -> None:
+    """PID 1 of a new container: build its world, wait for `start`, exec the program.
+
+    `enter_cgroup`: the init moves itself into that cgroup, first thing, while it
+    still sees the host's cgroupfs (else the parent moves it: wait_for_cgroup).
+    """
     try:
         os.setsid()
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         sc.set_cmdline("hanok-oci init")
+        if enter_cgroup is not None:
+            enter_cgroup.enter_self()
         ours = {sync.to_parent, sync.from_parent, state_dir_fd}
         close_other_fds(2 + preserve_fds, ours | ({console_sock} if console_sock is not None else set()))
         join_namespaces({k: p for k, p in cfg.namespaces.items() if p is not None},
@@ -402,11 +412,17 @@ def finish_and_exec(process: dict, seccomp: dict | None, executable: str) -> Non
 
 
 def exec_process(cfg: Config, process: dict, init_pid: int, sync: Sync, *,
-                 console_sock: int | None, preserve_fds: int) -> None:
-    """A new process in a running container (`exec`): join its namespaces, exec."""
+                 console_sock: int | None, preserve_fds: int, enter_cgroup: Manager | None = None) -> None:
+    """A new process in a running container (`exec`): join its namespaces, exec.
+
+    `enter_cgroup`: it moves itself into the container's cgroup before joining
+    anything (else the parent moves it before its "ok").
+    """
     try:
         os.setsid()
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        if enter_cgroup is not None:
+            enter_cgroup.enter_self()
         ours = {sync.to_parent, sync.from_parent}
         close_other_fds(2 + preserve_fds, ours | ({console_sock} if console_sock is not None else set()))
         ns_paths = {kind: f"/proc/{init_pid}/ns/{NS_PROC_NAME[kind]}" for kind in cfg.namespaces}
@@ -422,7 +438,7 @@ def exec_process(cfg: Config, process: dict, init_pid: int, sync: Sync, *,
         except HanokError as e:  # `docker exec -w /missing` exits 126: the command could not be invoked
             raise ContainerStartError(str(e), 126) from None
         executable = find_executable(process["args"], env, process.get("cwd", "/"))
-        sync.wait_ok()  # the parent has moved us into the container's cgroup
+        sync.wait_ok()  # the parent has moved us into the container's cgroup (or we did: enter_cgroup)
         finish_and_exec(process, cfg.seccomp, executable)
     except BaseException as e:  # noqa: BLE001
         sync.error(e)

@@ -17,7 +17,11 @@ Sync protocol: two pipes, newline-terminated text messages.
 
   child -> parent        parent -> child     meaning
   -                      "ok"                (first) the child may go on: it is in the container's
-                                             cgroup (init without a user namespace, exec)
+                                             cgroup (init without a user namespace and a new
+                                             cgroup namespace, exec). Where the cgroup manager
+                                             can_enter_self (cgroup v1) the child moves itself
+                                             first thing instead, much faster (see V1Manager), and
+                                             the init gets no "ok" (exec still does)
   "userns"               "ok"                intermediate: id maps please (when the user namespace
                                              is new), and into the cgroup
   "pid <n>"              -                   intermediate: the init's host pid
