@@ -7,15 +7,17 @@
 A load validates every JSON document before anything is written, verifies
 every blob against its digest while copying it into the store, unpacks the
 layers (checked against the config's diff_ids) and creates the refs last. A
-failure removes every blob and layer this load added: the store is left as
-it was.
+load is a store operation (`Store.operation()`): a failure removes every blob
+and layer this load added, except those that another pull or load in flight
+relies on or an image references meanwhile, so the store is left as it was
+and concurrent loads and pulls sharing a layer never break each other.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import io
+import json
 import os
 import platform as _platform
 import tarfile
@@ -24,8 +26,17 @@ from typing import BinaryIO
 
 from hanok.images import reference as _reference
 from hanok.images import store as _store
-from hanok.images.store import (CONFIG_TYPES, INDEX_TYPES, LAYER_TYPES, MANIFEST_TYPES, MT_OCI_CONFIG,
-                                MT_OCI_INDEX, MT_OCI_MANIFEST, Store)
+from hanok.images.store import (
+    CONFIG_TYPES,
+    INDEX_TYPES,
+    LAYER_TYPES,
+    MANIFEST_TYPES,
+    MT_OCI_CONFIG,
+    MT_OCI_INDEX,
+    MT_OCI_MANIFEST,
+    Operation,
+    Store,
+)
 from hanok.runtime.errors import ImageError, NotFound
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -391,35 +402,17 @@ def _hash_file(src: _Source, name: str) -> tuple[str, int, str]:
     return "sha256:" + h.hexdigest(), size, media_type
 
 
-class _Undo:
-    """What a load added, removed again if the load fails."""
-
-    def __init__(self, store: Store):
-        self.store = store
-        self.blobs: list[str] = []
-        self.layers: list[str] = []
-
-    def rollback(self) -> None:
-        for diff_id in reversed(self.layers):
-            with contextlib.suppress(OSError):
-                self.store.remove_layer(diff_id)
-        for digest in reversed(self.blobs):
-            self.store.remove_blob(digest)
-
-
-def _put(store: Store, undo: _Undo, data: bytes, digest: str) -> None:
-    if store.has_blob(digest):
+def _put(store: Store, op: Operation, data: bytes, digest: str) -> None:
+    if op.has_blob(digest):
         return
-    with store.ingest(digest, len(data)) as w:
+    with store.ingest(digest, len(data), op) as w:
         w.write(data)
-    if w.created:
-        undo.blobs.append(digest)
 
 
-def _put_stream(store: Store, undo: _Undo, stream: BinaryIO, digest: str, size: int | None) -> None:
-    if store.has_blob(digest):
+def _put_stream(store: Store, op: Operation, stream: BinaryIO, digest: str, size: int | None) -> None:
+    if op.has_blob(digest):
         return
-    w = store.ingest(digest, size)
+    w = store.ingest(digest, size, op)
     try:
         w.copy_from(stream)
         w.commit()
@@ -429,8 +422,6 @@ def _put_stream(store: Store, undo: _Undo, stream: BinaryIO, digest: str, size: 
     except BaseException:
         w.abort()
         raise
-    if w.created:
-        undo.blobs.append(digest)
 
 
 def load(store: Store, path: str, name: str | None = None, platform: str | dict | None = None,
@@ -452,29 +443,22 @@ def load(store: Store, path: str, name: str | None = None, platform: str | dict 
             raise ImageError(f"{path}: neither an OCI image layout (oci-layout, index.json) "
                              "nor a docker save archive (manifest.json)")
         created: list[str] = []
-        with store.transaction():
-            undo = _Undo(store)
-            try:
-                for plan in plans:
-                    _put(store, undo, plan.config, plan.config_digest)
-                    docker = getattr(plan, "docker_layers", None)
-                    for i, (src_name, size, diff_id) in enumerate(plan.layers):
-                        digest = docker[i]["digest"] if docker else src_name
-                        blob = src_name if docker else _blob_name(src_name)
-                        with src.open(blob) as f:
-                            _put_stream(store, undo, f, digest, size)
-                        _, new = store.unpack_layer(digest, diff_id)
-                        if new:
-                            undo.layers.append(diff_id)
-                    _put(store, undo, plan.manifest, plan.manifest_digest)
-                for plan in plans:
-                    for n in plan.names:
-                        created.append(store.tag(n, plan.manifest_digest))
-                    if not plan.names:
-                        created.append(plan.manifest_digest)
-            except BaseException:
-                undo.rollback()
-                raise
+        with store.operation() as op:
+            for plan in plans:
+                _put(store, op, plan.config, plan.config_digest)
+                docker = getattr(plan, "docker_layers", None)
+                for i, (src_name, size, diff_id) in enumerate(plan.layers):
+                    digest = docker[i]["digest"] if docker else src_name
+                    blob = src_name if docker else _blob_name(src_name)
+                    with src.open(blob) as f:
+                        _put_stream(store, op, f, digest, size)
+                    store.unpack_layer(digest, diff_id, op)
+                _put(store, op, plan.manifest, plan.manifest_digest)
+            for plan in plans:
+                for n in plan.names:
+                    created.append(store.tag(n, plan.manifest_digest))
+                if not plan.names:
+                    created.append(plan.manifest_digest)
         return created
     finally:
         src.close()
@@ -628,62 +612,53 @@ def import_rootfs(store: Store, source: str, name: str, config: dict | None = No
     canonical = str(_reference.parse(name))
     if not os.path.exists(source):
         raise NotFound(f"no such file or directory: {source}")
-    with store.transaction():
-        undo = _Undo(store)
+    with store.operation() as op:
+        w = store.ingest(op=op)
         try:
-            w = store.ingest()
-            try:
-                sink = _LayerWriter(w)
-                if os.path.isdir(source):
-                    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[arg-type]
-                        _add_tree(tar, source)
-                else:
-                    with open(source, "rb") as f:
-                        stream = decompressed(f)
-                        while True:
-                            chunk = stream.read(1 << 20)
-                            if not chunk:
-                                break
-                            sink.write(chunk)
-                diff_id = sink.finish()
-                layer_digest = w.commit()
-            except BaseException:
-                w.abort()
-                raise
-            if w.created:
-                undo.blobs.append(layer_digest)
-            layer_size = os.path.getsize(store.blob_path(layer_digest))
-            plat = host_platform()
-            cfg = {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}
-            cfg.update(config or {})
-            image_config = {
-                "created": _store.now_rfc3339(),
-                "architecture": plat["architecture"],
-                "os": "linux",
-                "config": cfg,
-                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-                "history": [{"created": _store.now_rfc3339(), "created_by": f"hanok import {source}"}],
-            }
-            if "variant" in plat:
-                image_config["variant"] = plat["variant"]
-            config_raw = json.dumps(image_config).encode()
-            config_digest = _store.digest_of(config_raw)
-            _put(store, undo, config_raw, config_digest)
-            _, new = store.unpack_layer(layer_digest, diff_id)
-            if new:
-                undo.layers.append(diff_id)
-            manifest = {
-                "schemaVersion": 2,
-                "mediaType": MT_OCI_MANIFEST,
-                "config": {"mediaType": MT_OCI_CONFIG, "digest": config_digest, "size": len(config_raw)},
-                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                            "digest": layer_digest, "size": layer_size}],
-            }
-            manifest_raw = json.dumps(manifest).encode()
-            manifest_digest = _store.digest_of(manifest_raw)
-            _put(store, undo, manifest_raw, manifest_digest)
-            return store.tag(canonical, manifest_digest)
+            sink = _LayerWriter(w)
+            if os.path.isdir(source):
+                with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+                    _add_tree(tar, source)
+            else:
+                with open(source, "rb") as f:
+                    stream = decompressed(f)
+                    while True:
+                        chunk = stream.read(1 << 20)
+                        if not chunk:
+                            break
+                        sink.write(chunk)
+            diff_id = sink.finish()
+            layer_digest = w.commit()
         except BaseException:
-            undo.rollback()
+            w.abort()
             raise
+        layer_size = os.path.getsize(store.blob_path(layer_digest))
+        plat = host_platform()
+        cfg = {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}
+        cfg.update(config or {})
+        image_config = {
+            "created": _store.now_rfc3339(),
+            "architecture": plat["architecture"],
+            "os": "linux",
+            "config": cfg,
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            "history": [{"created": _store.now_rfc3339(), "created_by": f"hanok import {source}"}],
+        }
+        if "variant" in plat:
+            image_config["variant"] = plat["variant"]
+        config_raw = json.dumps(image_config).encode()
+        config_digest = _store.digest_of(config_raw)
+        _put(store, op, config_raw, config_digest)
+        store.unpack_layer(layer_digest, diff_id, op)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": MT_OCI_MANIFEST,
+            "config": {"mediaType": MT_OCI_CONFIG, "digest": config_digest, "size": len(config_raw)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": layer_digest, "size": layer_size}],
+        }
+        manifest_raw = json.dumps(manifest).encode()
+        manifest_digest = _store.digest_of(manifest_raw)
+        _put(store, op, manifest_raw, manifest_digest)
+        return store.tag(canonical, manifest_digest)
 

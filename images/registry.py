@@ -12,8 +12,11 @@ the blob's tmp file, inflated, hashed again (diff_id) and extracted, with no
 second read of the blob. Layers run in parallel threads (socket reads, zlib,
 hashing and file syscalls release the GIL) and are unpacked once per diff_id;
 blobs and layers already in the store are not fetched again. The whole pull
-runs inside `store.transaction()` (gc waits) and a failure removes every blob
-and layer this pull added, so the store is left as it was.
+is a store operation (`store.operation()`: gc waits, and every blob and layer
+is claimed before the pull looks for it or writes it); a failure removes every
+blob and layer this pull added, except what another pull or load in flight
+claimed or an image references meanwhile, so the store is left as it was and
+concurrent pulls sharing a layer never break each other.
 
 Auth: anonymous, basic, and bearer tokens (a 401's WWW-Authenticate
 `Bearer realm=..,service=..,scope=..` -> GET realm with basic credentials if
@@ -56,6 +59,7 @@ from hanok.images.store import (
     MT_DOCKER_MANIFEST,
     MT_OCI_INDEX,
     MT_OCI_MANIFEST,
+    Operation,
     Store,
 )
 from hanok.runtime.errors import ImageError
@@ -660,14 +664,15 @@ class _Client:
     # ---------------------------------------------------------- blobs
 
     def blob_into(self, store: Store, digest: str, size: int, cancel: threading.Event,
-                  progress: Progress | None) -> bool:
+                  progress: Progress | None, op: Operation | None = None) -> bool:
         """Stream a blob into the store (see _BlobReader for dropped connections).
 
-        Returns True when this call created the blob (False: it was there already).
+        Returns True when this call created the blob (False: it was there
+        already); within an operation `op` the blob is claimed and, if created, its to undo.
         """
         reader = _BlobReader(self, digest, size, cancel, progress)
         try:
-            with store.ingest(digest, size) as w:
+            with store.ingest(digest, size, op) as w:
                 while True:
                     chunk = reader.read(_CHUNK)
                     if not chunk:
@@ -801,14 +806,14 @@ def pull(store: Store, reference: str | _reference.Reference, *, platform: str |
     display = str(ref)
     client = _Client(ref.registry, ref.repository, insecure_registries, auth, config_path, max_workers)
     try:
-        with store.transaction():
-            return _pull(store, client, ref, display, want, progress, max_workers)
+        with store.operation() as op:
+            return _pull(store, op, client, ref, display, want, progress, max_workers)
     finally:
         client.close()
 
 
-def _pull(store: Store, client: _Client, ref: _reference.Reference, display: str, want: dict | None,
-          progress: Progress | None, max_workers: int) -> str:
+def _pull(store: Store, op: Operation, client: _Client, ref: _reference.Reference, display: str,
+          want: dict | None, progress: Progress | None, max_workers: int) -> str:
     body, ctype = client.manifest(ref.reference, display, ref.digest)
     doc = _load_json(body, f"manifest {display}")
     if not isinstance(doc, dict):
@@ -842,42 +847,26 @@ def _pull(store: Store, client: _Client, ref: _reference.Reference, display: str
     cfg_desc = manifest["config"]
     layers = manifest["layers"]
 
-    created_blobs: list[str] = []
-    created_layers: list[str] = []
-    try:
-        if not store.has_blob(cfg_desc["digest"]):
-            if cfg_desc["size"] > _MANIFEST_LIMIT:
-                raise ImageError(f"image config {cfg_desc['digest']} is larger than {_MANIFEST_LIMIT} bytes")
-            if client.blob_into(store, cfg_desc["digest"], cfg_desc["size"], threading.Event(), None):
-                created_blobs.append(cfg_desc["digest"])
-        config_bytes = store.read_blob(cfg_desc["digest"])
-        config = _archive._check_config(_load_json(config_bytes, f"image config {cfg_desc['digest']}"),
-                                        cfg_desc["digest"], len(layers))
-        diff_ids = config["rootfs"]["diff_ids"]
-        _fetch_layers(store, client, layers, diff_ids, progress, max_workers, created_blobs, created_layers)
-        if not store.has_blob(manifest_digest):
-            with store.ingest(manifest_digest, len(body)) as w:
-                w.write(body)
-            if w.created:
-                created_blobs.append(manifest_digest)
-        name = str(ref)
-        return store.tag(name, manifest_digest)
-    except BaseException:
-        for diff_id in reversed(created_layers):
-            with contextlib.suppress(OSError):
-                store.remove_layer(diff_id)
-        for digest in reversed(created_blobs):
-            store.remove_blob(digest)
-        raise
+    if not op.has_blob(cfg_desc["digest"]):
+        if cfg_desc["size"] > _MANIFEST_LIMIT:
+            raise ImageError(f"image config {cfg_desc['digest']} is larger than {_MANIFEST_LIMIT} bytes")
+        client.blob_into(store, cfg_desc["digest"], cfg_desc["size"], threading.Event(), None, op)
+    config_bytes = store.read_blob(cfg_desc["digest"])
+    config = _archive._check_config(_load_json(config_bytes, f"image config {cfg_desc['digest']}"),
+                                    cfg_desc["digest"], len(layers))
+    diff_ids = config["rootfs"]["diff_ids"]
+    _fetch_layers(store, op, client, layers, diff_ids, progress, max_workers)
+    if not op.has_blob(manifest_digest):
+        with store.ingest(manifest_digest, len(body), op) as w:
+            w.write(body)
+    return store.tag(str(ref), manifest_digest)
 
 
-def _fetch_layers(store: Store, client: _Client, layers: list[dict], diff_ids: list[str],
-                  progress: Progress | None, max_workers: int, created_blobs: list[str],
-                  created_layers: list[str]) -> None:
+def _fetch_layers(store: Store, op: Operation, client: _Client, layers: list[dict], diff_ids: list[str],
+                  progress: Progress | None, max_workers: int) -> None:
     from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
     cancel = threading.Event()
-    lock = threading.Lock()
     todo: dict[str, tuple[dict, str]] = {}
     for desc, diff_id in zip(layers, diff_ids):
         todo.setdefault(desc["digest"], (desc, diff_id))
@@ -885,26 +874,20 @@ def _fetch_layers(store: Store, client: _Client, layers: list[dict], diff_ids: l
     def one(desc: dict, diff_id: str) -> None:
         """One layer: whatever of blob and unpacked layer the store lacks, in one pass when both."""
         digest, size = desc["digest"], desc["size"]
-        have_blob, have_layer = store.has_blob(digest), store.has_layer(diff_id)
-        new_blob = new_layer = False
+        have_blob, have_layer = op.has_blob(digest), op.has_layer(diff_id)
         if have_blob:
             if progress is not None:
                 progress(digest, size, size)
             if not have_layer:
-                _, new_layer = store.unpack_layer(digest, diff_id)
+                store.unpack_layer(digest, diff_id, op)
         elif have_layer:
-            new_blob = client.blob_into(store, digest, size, cancel, progress)
+            client.blob_into(store, digest, size, cancel, progress, op)
         else:
             reader = _BlobReader(client, digest, size, cancel, progress)
             try:
-                new_blob, new_layer = store.ingest_layer(reader, digest, size, diff_id)  # type: ignore[arg-type]
+                store.ingest_layer(reader, digest, size, diff_id, op)  # type: ignore[arg-type]
             finally:
                 reader.close()
-        with lock:
-            if new_blob:
-                created_blobs.append(digest)
-            if new_layer:
-                created_layers.append(diff_id)
 
     if not todo:
         return

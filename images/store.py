@@ -9,6 +9,9 @@ Layout under the root (default /var/lib/hanok, or $HANOK_ROOT):
     tmp/                   ingests and unpacks in progress (same filesystem: rename)
     images.lock            flock: writers of images.json
     gc.lock                flock: shared by loads/pulls, exclusive by gc
+    claims.lock            flock: shared while an operation records a claim, exclusive by a rollback
+    claims/<pid>-<random>  one per pull/load/import in flight, flocked by it: the blobs and layers
+                           it relies on, one "blob <digest>" or "layer <diff_id>" line each
 
 Every write is atomic: a blob is written to tmp/, verified against its digest
 and size while streaming, fsynced and renamed into place; a layer is unpacked
@@ -18,10 +21,18 @@ once its diff_id checked out. A partial never appears under a final name.
 the network): hashed, written to tmp/, inflated, hashed again and extracted;
 the blob and the layer are named only when both digests checked out.
 
-Loads and pulls run inside `transaction()` (a shared lock) so a concurrent
-`gc` (exclusive) cannot remove blobs they wrote but have not referenced yet;
-two pulls of the same image at once are safe (the second rename of identical
-content wins harmlessly).
+Loads, pulls and imports run as an `operation()`: inside `transaction()` (a
+shared lock) so a concurrent `gc` (exclusive) cannot remove blobs they wrote
+but have not referenced yet, and with claims so that they cannot break each
+other. An operation claims every blob and layer before it looks whether it is
+there (to reuse it) or writes it; a failed operation removes what it created
+only under claims.lock held exclusively, and only what no image references and
+no other operation in flight claims. So a layer that a failing pull created
+and a concurrent pull found and reused stays; a claim made after a rollback
+removed something finds it gone and fetches it again. A crashed operation's
+claims die with its flock. Two pulls of the same image at once are safe (the
+second rename of identical content wins harmlessly). Readers (`hanok run`)
+take no lock and no claim.
 """
 from __future__ import annotations
 
@@ -101,10 +112,13 @@ class Ingest:
 
     The digest and size are checked while streaming (a size overrun fails at
     once) and again at commit; the data lives in tmp/ until then. Used as a
-    context manager, a clean exit commits and an exception aborts.
+    context manager, a clean exit commits and an exception aborts. Within an
+    operation `op`, the commit claims the digest before it looks whether the
+    blob is there, and a blob it puts in place is the operation's to undo.
     """
 
-    def __init__(self, store: "Store", expected_digest: str | None, expected_size: int | None):
+    def __init__(self, store: "Store", expected_digest: str | None, expected_size: int | None,
+                 op: "Operation | None" = None):
         if expected_digest is not None:
             hex_of(expected_digest)
         if expected_size is not None and expected_size < 0:
@@ -112,6 +126,7 @@ class Ingest:
         self.store = store
         self.expected_digest = expected_digest
         self.expected_size = expected_size
+        self.op = op
         import hashlib  # OpenSSL's sha256: the fastest for layers
 
         self.hash = hashlib.sha256()
@@ -173,10 +188,14 @@ class Ingest:
         try:
             os.fsync(self._fd)
             final = self.store.blob_path(digest)
+            if self.op is not None:
+                self.op.claim_blob(digest)
             self.created = not os.path.exists(final)
             os.makedirs(os.path.dirname(final), exist_ok=True)
             os.chmod(self.tmp_path, 0o644)
             os.rename(self.tmp_path, final)
+            if self.created and self.op is not None:
+                self.op.created_blob(digest)
             _fsync_dir(os.path.dirname(final))
         except BaseException:
             self.abort()
@@ -337,6 +356,137 @@ class Image:
         return out
 
 
+class Operation:
+    """One pull, load or import in flight: what it relies on (its claims) and what it created.
+
+    Every blob and layer is claimed before the operation looks whether it is
+    there (`has_blob`, `has_layer`, or the store's writers given `op=`): a
+    claim is a line in the operation's own file under claims/, written under
+    claims.lock held shared, and the file is flocked for the operation's life
+    so a crashed process's claims stop counting. `rollback()` holds
+    claims.lock exclusively while it reads the other live claim files and
+    images.json and removes what this operation created that neither names:
+    what it leaves to another operation is that one's to keep or undo. Use it
+    through `Store.operation()`.
+    """
+
+    def __init__(self, store: "Store"):
+        import threading  # only pulls and loads get here, never `hanok run`
+
+        self.store = store
+        self._mutex = threading.Lock()  # pull workers are threads; one flock per descriptor serves them all
+        self._claimed: set[str] = set()
+        self._created_blobs: list[str] = []
+        self._created_layers: list[str] = []
+        self._lock_fd: int | None = None  # claims.lock
+        self._file_fd: int | None = None  # claims/<ours>, flocked exclusively
+        self._file_path = ""
+
+    def claim_blob(self, digest: str) -> None:
+        """Rely on blob `digest` from now on: no other operation's rollback removes it."""
+        self._claim(f"blob {digest}\n", digest)
+
+    def claim_layer(self, diff_id: str) -> None:
+        """Rely on layer `diff_id` from now on: no other operation's rollback removes it."""
+        self._claim(f"layer {diff_id}\n", diff_id)
+
+    def has_blob(self, digest: str) -> bool:
+        """Claim, then look: a blob seen here stays for the operation's life."""
+        self.claim_blob(digest)
+        return self.store.has_blob(digest)
+
+    def has_layer(self, diff_id: str) -> bool:
+        """Claim, then look: a layer seen here stays for the operation's life."""
+        self.claim_layer(diff_id)
+        return self.store.has_layer(diff_id)
+
+    def created_blob(self, digest: str) -> None:
+        """This operation put blob `digest` in place (claimed first): a rollback may remove it."""
+        with self._mutex:
+            self._created_blobs.append(digest)
+
+    def created_layer(self, diff_id: str) -> None:
+        """This operation put layer `diff_id` in place (claimed first): a rollback may remove it."""
+        with self._mutex:
+            self._created_layers.append(diff_id)
+
+    def _claim(self, line: str, digest: str) -> None:
+        hex_of(digest)
+        with self._mutex:
+            if line in self._claimed:
+                return
+            lock = self._claims_lock()
+            fcntl.flock(lock, fcntl.LOCK_SH)  # waits while a rollback decides and removes
+            try:
+                if self._file_fd is None:
+                    self._file_fd, self._file_path = self._new_claim_file()
+                os.write(self._file_fd, line.encode())
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+            self._claimed.add(line)
+
+    def _claims_lock(self) -> int:
+        if self._lock_fd is None:
+            self._lock_fd = self.store._open_claims_lock()
+        return self._lock_fd
+
+    def _new_claim_file(self) -> tuple[int, str]:
+        """Our claim file, made and flocked under claims.lock: a rollback never sees it unlocked."""
+        os.makedirs(self.store.claims_dir, mode=0o700, exist_ok=True)
+        fd, path = _mkstemp(self.store.claims_dir, f"{os.getpid()}-")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        return fd, path
+
+    def rollback(self) -> None:
+        """Remove what this operation created, except what an image or another live operation needs."""
+        with self._mutex:
+            layers, self._created_layers = self._created_layers[::-1], []
+            blobs, self._created_blobs = self._created_blobs[::-1], []
+        if not layers and not blobs:
+            return
+        aside: list[str] = []
+        lock = self._claims_lock()
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            claimed = self.store._live_claims(exclude=self._file_path)
+            try:
+                # read after the claims: an operation that tagged and ended meanwhile tagged first
+                referenced_blobs, referenced_layers = self.store.referenced()
+            except ImageError:
+                return  # images.json unreadable: keeping everything is the safe side
+            for diff_id in layers:
+                if f"layer {diff_id}\n" not in claimed and diff_id not in referenced_layers:
+                    with contextlib.suppress(OSError):
+                        moved = self.store._move_layer_aside(diff_id)
+                        if moved is not None:
+                            aside.append(moved)
+            for digest in blobs:
+                if f"blob {digest}\n" not in claimed and digest not in referenced_blobs:
+                    self.store.remove_blob(digest)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            for path in aside:  # slow for big layers: outside the lock, which claims wait for
+                _rmtree(path)
+
+    def release(self) -> None:
+        """End the operation: its claims stop counting (call after rollback, if any)."""
+        with self._mutex:
+            if self._file_fd is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._file_path)
+                os.close(self._file_fd)
+                self._file_fd = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+            self._claimed.clear()
+
+
 class Store:
     """The image store under `root` (see the module docstring)."""
 
@@ -345,6 +495,7 @@ class Store:
         self.blobs_dir = os.path.join(self.root, "blobs", "sha256")
         self.layers_dir = os.path.join(self.root, "layers")
         self.tmp_dir = os.path.join(self.root, "tmp")
+        self.claims_dir = os.path.join(self.root, "claims")
         self.refs_path = os.path.join(self.root, "images.json")
 
     def prepare(self) -> None:
@@ -375,6 +526,59 @@ class Store:
         """Held (shared) while adding an image: keeps gc from removing its new blobs."""
         return self._flock("gc.lock", fcntl.LOCK_SH)
 
+    @contextlib.contextmanager
+    def operation(self) -> Iterator[Operation]:
+        """A pull, load or import: `transaction()` plus claims; a failure rolls back what it created.
+
+        Pass the Operation to the writers (`ingest`, `unpack_layer`, ...) and
+        ask it, not the store, whether a blob or layer is there (see Operation).
+        """
+        with self.transaction():
+            op = Operation(self)
+            try:
+                yield op
+            except BaseException:
+                op.rollback()
+                raise
+            finally:
+                op.release()
+
+    def _open_claims_lock(self) -> int:
+        self.prepare()
+        return os.open(os.path.join(self.root, "claims.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def _live_claims(self, exclude: str = "") -> set[str]:
+        """The claim lines of every operation in flight but `exclude`; removes those of dead ones.
+
+        Call with claims.lock held exclusively: then no claim file is half-made.
+        A file whose flock we can take has no live owner left.
+        """
+        try:
+            names = os.listdir(self.claims_dir)
+        except FileNotFoundError:
+            return set()
+        lines: set[str] = set()
+        for name in names:
+            path = os.path.join(self.claims_dir, name)
+            if path == exclude:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # its operation ended just now (after tagging, if it did)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    with os.fdopen(os.dup(fd), "rb") as f:
+                        lines.update(line.decode(errors="replace") for line in f)
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)  # a crashed operation's claims
+            finally:
+                os.close(fd)
+        return lines
+
     # -------------------------------------------------------------- blobs
 
     def blob_path(self, digest: str) -> str:
@@ -383,12 +587,13 @@ class Store:
     def has_blob(self, digest: str) -> bool:
         return os.path.isfile(self.blob_path(digest))
 
-    def ingest(self, expected_digest: str | None = None, expected_size: int | None = None) -> Ingest:
+    def ingest(self, expected_digest: str | None = None, expected_size: int | None = None,
+               op: Operation | None = None) -> Ingest:
         """A writer for one blob (see Ingest); `with store.ingest(d, n) as w: w.write(...)`."""
-        return Ingest(self, expected_digest, expected_size)
+        return Ingest(self, expected_digest, expected_size, op)
 
-    def put_bytes(self, data: bytes, expected_digest: str | None = None) -> str:
-        with self.ingest(expected_digest, len(data) if expected_digest else None) as w:
+    def put_bytes(self, data: bytes, expected_digest: str | None = None, op: Operation | None = None) -> str:
+        with self.ingest(expected_digest, len(data) if expected_digest else None, op) as w:
             w.write(data)
         assert w.digest is not None
         return w.digest
@@ -474,16 +679,19 @@ class Store:
         _fsync_dir(self.layers_dir)
         return True
 
-    def unpack_layer_stream(self, stream: BinaryIO, diff_id: str) -> tuple[str, bool]:
+    def unpack_layer_stream(self, stream: BinaryIO, diff_id: str, op: Operation | None = None) -> tuple[str, bool]:
         """Unpack a layer blob read from `stream` into layers/<diff_id>.
 
         Extracted into tmp/ and renamed into place only when the uncompressed
         stream hashes to `diff_id`. Returns (path, created); a layer already
-        present is skipped (created False; the stream is not read).
+        present is skipped (created False; the stream is not read). Within an
+        operation `op` the layer is claimed first and, if created, its to undo.
         """
         from hanok.images import unpack as _unpack
 
         final = self.layer_path(diff_id)
+        if op is not None:
+            op.claim_layer(diff_id)
         if os.path.isdir(final):
             return final, False
         tmp, lock = self._layer_tmp()
@@ -495,24 +703,31 @@ class Store:
                                      f"the layer's content is {got}")
                 os.fchmod(lock, 0o755)
                 _syncfs(lock)
-                return final, self._install_layer(tmp, diff_id)
+                created = self._install_layer(tmp, diff_id)
+                if created and op is not None:
+                    op.created_layer(diff_id)
+                return final, created
             except BaseException:
                 _rmtree(tmp)
                 raise
         finally:
             os.close(lock)
 
-    def unpack_layer(self, blob_digest: str, diff_id: str) -> tuple[str, bool]:
+    def unpack_layer(self, blob_digest: str, diff_id: str, op: Operation | None = None) -> tuple[str, bool]:
         """Unpack a stored layer blob (see unpack_layer_stream)."""
+        if op is not None:
+            op.claim_layer(diff_id)
+            op.claim_blob(blob_digest)
         if os.path.isdir(self.layer_path(diff_id)):
             return self.layer_path(diff_id), False
         with self.open_blob(blob_digest) as f:
             try:
-                return self.unpack_layer_stream(f, diff_id)
+                return self.unpack_layer_stream(f, diff_id, op)
             except ImageError as e:
                 raise ImageError(f"layer {blob_digest}: {e}") from None
 
-    def ingest_layer(self, stream: BinaryIO, digest: str, size: int, diff_id: str) -> tuple[bool, bool]:
+    def ingest_layer(self, stream: BinaryIO, digest: str, size: int, diff_id: str,
+                     op: Operation | None = None) -> tuple[bool, bool]:
         """Store a layer blob read from `stream` and unpack it, in one pass; (blob created, layer created).
 
         Every byte read is hashed and written to a tmp file, inflated, hashed
@@ -522,13 +737,16 @@ class Store:
         A mismatch, a bad archive or an interruption leaves neither. A bad
         archive is reported after reading the blob to its end: a digest
         mismatch, if there is one, is the cause to report. A layer already
-        present is not unpacked again (the blob is still stored).
+        present is not unpacked again (the blob is still stored). Within an
+        operation `op` both are claimed first and what is created is its to undo.
         """
         from hanok.images import unpack as _unpack
 
-        w = self.ingest(digest, size)
+        w = self.ingest(digest, size, op)
         tee = _Tee(stream, w, digest)
         try:
+            if op is not None:
+                op.claim_layer(diff_id)
             if os.path.isdir(self.layer_path(diff_id)):
                 tee.drain()
                 w.commit()
@@ -550,11 +768,14 @@ class Store:
                 _syncfs(lock)  # the blob's and the layer's data, before either gets its name
                 w.commit()
                 try:
-                    return w.created, self._install_layer(tmp, diff_id)
+                    created = self._install_layer(tmp, diff_id)
                 except BaseException:
-                    if w.created:
+                    if w.created and op is None:  # an operation's rollback decides for it
                         self.remove_blob(digest)
                     raise
+                if created and op is not None:
+                    op.created_layer(diff_id)
+                return w.created, created
             except BaseException:
                 if os.path.lexists(tmp):
                     _rmtree(tmp)
@@ -565,15 +786,21 @@ class Store:
             w.abort()  # no-op after a commit
 
     def remove_layer(self, diff_id: str) -> bool:
+        aside = self._move_layer_aside(diff_id)
+        if aside is None:
+            return False
+        _rmtree(aside)
+        return True
+
+    def _move_layer_aside(self, diff_id: str) -> str | None:
+        """Rename layers/<diff_id> into tmp/ (None if absent): a half-removed layer never sits under its name."""
         path = self.layer_path(diff_id)
         if not os.path.isdir(path):
-            return False
-        # Move aside first so a half-removed layer never sits under its name.
+            return None
         os.makedirs(self.tmp_dir, exist_ok=True)
         aside = os.path.join(self.tmp_dir, "rm-" + os.urandom(8).hex())
         os.rename(path, aside)
-        _rmtree(aside)
-        return True
+        return aside
 
     # -------------------------------------------------------------- refs
 
@@ -744,7 +971,7 @@ class Store:
 
         `in_use_layers`: diff_ids (or their hex) that containers still use;
         they are kept even when no image references them any more. Also
-        clears tmp/ leftovers of crashed writers (never a locked one).
+        clears tmp/ and claims/ leftovers of crashed writers (never a locked one).
         """
         keep_layers = {d if d.startswith("sha256:") else "sha256:" + d for d in in_use_layers}
         removed_blobs: list[str] = []
@@ -764,6 +991,8 @@ class Store:
                 if diff_id not in layers and self.remove_layer(diff_id):
                     removed_layers.append(diff_id)
             self._clean_tmp()
+            with self._flock("claims.lock", fcntl.LOCK_EX):
+                self._live_claims()  # drops the claim files crashed operations left
         return {"blobs": removed_blobs, "layers": removed_layers, "bytes": freed}
 
     def _clean_tmp(self) -> None:
