@@ -1369,26 +1369,36 @@ def hanok_cli():  # -> click.Group
     @click.argument("name")
     @click.option("--subnet", required=True, metavar="CIDR", help="IPv4 subnet, e.g. 10.90.0.0/24")
     @click.option("--gateway", default=None, help="gateway address (default: the subnet's first address)")
+    @click.option("--ipv6-subnet", "subnet6", default=None, metavar="CIDR",
+                  help="also IPv6 (dual stack) from this /64-/120 subnet, e.g. fd12:3456:789a:1::/64; "
+                       "its gateway is ::1")
     @click.option("--bridge", default=None, help="bridge device name (default: derived from NAME)")
     @click.option("--mtu", type=int, default=1500, show_default=True)
     @pass_app
-    def network_create_cmd(app: Application, name: str, subnet: str, gateway: str | None, bridge: str | None,
-                           mtu: int) -> None:
+    def network_create_cmd(app: Application, name: str, subnet: str, gateway: str | None, subnet6: str | None,
+                           bridge: str | None, mtu: int) -> None:
         """Define a bridge network; its bridge appears when a container first joins.
+
+        IPv4 is always on; `--ipv6-subnet` adds IPv6 (docker's `--ipv6 --subnet
+        V6`, in one option: the IPv6 subnet is the opt-in, and `--subnet` stays
+        the one IPv4 subnet). Turning on IPv6 forwarding makes the host ignore
+        router advertisements on interfaces whose accept_ra is not 2.
 
         \b
         Example:
           hanok network create --subnet 10.90.0.0/24 backend
+          hanok network create --subnet 10.91.0.0/24 --ipv6-subnet fd12:3456:789a:1::/64 dual
           hanok run -d --network backend --name db busybox:local sleep 1000
         """
         from hanok.netns import network
 
         click.echo(network.create_network(app.store_root, name, subnet, bridge=bridge, gateway=gateway,
-                                          mtu=mtu).name)
+                                          mtu=mtu, subnet6=subnet6).name)
 
     @network_group.command("ls")
     @click.option("-q", "--quiet", is_flag=True, help="only names")
-    @click.option("--json", "as_json", is_flag=True, help="a JSON array of {name, bridge, subnet, gateway, mtu}")
+    @click.option("--json", "as_json", is_flag=True,
+                  help="a JSON array of {name, bridge, subnet, gateway, mtu, masquerade, subnet6, gateway6}")
     @pass_app
     def network_ls_cmd(app: Application, quiet: bool, as_json: bool) -> None:
         """List networks (the default `hanok` network is always there).
@@ -1406,8 +1416,8 @@ def hanok_cli():  # -> click.Group
             for n in nets:
                 click.echo(n.name)
         else:
-            click.echo(_table([("NAME", "BRIDGE", "SUBNET", "GATEWAY")]
-                              + [(n.name, n.bridge, n.subnet, n.gateway) for n in nets]))
+            click.echo(_table([("NAME", "BRIDGE", "SUBNET", "GATEWAY", "IPV6 SUBNET")]
+                              + [(n.name, n.bridge, n.subnet, n.gateway, n.subnet6 or "-") for n in nets]))
 
     @network_group.command("inspect")
     @click.argument("name")

@@ -47,6 +47,7 @@ a name it lacks, so nothing breaks; it only costs what it costs.
 from __future__ import annotations
 
 import _socket as socket  # the C module: socket.py costs ~4 ms (enum), and _socket.socket is its base class
+import _thread
 import os
 import struct
 import sys
@@ -208,9 +209,24 @@ _MESSAGE_MODULES = {"ifinfmsg": "pyroute2.netlink.rtnl.ifinfmsg",
                     "rtmsg": "pyroute2.netlink.rtnl.rtmsg"}
 _lean_dir: str | None = None   # pyroute2's directory once the lean way is chosen
 _chosen = False
+_classes: dict[str, type] = {}    # name -> message class, once imported
+# Threads of one process (a pool of concurrent setups) import the classes in turn: the stand-ins in sys.modules
+# and the lean/ordinary choice are process-wide, and another thread's half-imported module has no class yet.
+_import_lock = _thread.allocate_lock()
 
 
 def _message_class(name: str) -> type:
+    """One message class, imported on first use (once per process, whichever thread asks first)."""
+    found = _classes.get(name)
+    if found is None:
+        with _import_lock:
+            found = _classes.get(name)
+            if found is None:
+                found = _classes[name] = _import_message_class(name)
+    return found
+
+
+def _import_message_class(name: str) -> type:
     """Import one message class: the lean way for pyroute2 0.9.x, the ordinary way otherwise.
 
     The way is chosen once per process, at the first import: lean only if

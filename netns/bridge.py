@@ -12,7 +12,14 @@ normally lets the pair go (detach_after_namespace).
 net.ipv4.ip_forward is switched on when a bridge is set up and left on, like
 docker and the CNI bridge plugin do: containers on a bridge cannot reach
 anything beyond it without forwarding, and turning it off again could break
-other users of the host's routing.
+other users of the host's routing. The same holds for
+net.ipv6.conf.all.forwarding, switched on only when a bridge gets an IPv6
+gateway (a dual-stack network; see enable_ipv6_forward for what it costs).
+
+IPv6 addresses (the bridge's gateway, a sandbox's eth0) are added with
+IFA_F_NODAD: duplicate address detection would keep them "tentative", hence
+unusable, for about a second after every setup, and hanok's IPAM already
+guarantees they are unique on the bridge.
 """
 from __future__ import annotations
 
@@ -38,7 +45,11 @@ _RTPROT_BOOT = 3
 _RT_SCOPE_UNIVERSE = 0
 _RTN_UNICAST = 1
 _IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+_IPV6_FORWARD = "/proc/sys/net/ipv6/conf/all/forwarding"
+_IFA_F_NODAD = 0x02
+_NO_IPV6 = "IPv6 is disabled on this host (no /proc/sys/net/ipv6): create the network without an IPv6 subnet"
 NAMESPACE_GRACE_S = 0.1   # how long detach_after_namespace waits for the kernel before deleting the pair itself
+ALIAS_GRACE_S = 0.2       # how long ensure_bridge waits for a concurrent creator to mark a new bridge as hanok's
 
 
 def host_ifname(owner: str) -> str:
@@ -72,6 +83,18 @@ def _split_cidr(cidr: str) -> tuple[str, int]:
     return address, prefixlen
 
 
+def _split_cidr6(cidr: str) -> tuple[str, int]:
+    address, _, prefix = cidr.partition("/")
+    try:
+        socket.inet_pton(socket.AF_INET6, address)
+        prefixlen = int(prefix)
+    except (OSError, ValueError):
+        raise NetError(f"bad address {cidr!r}: want an IPv6 address/N") from None
+    if not 0 <= prefixlen <= 128:
+        raise NetError(f"bad address {cidr!r}: prefix length must be 0-128")
+    return address, prefixlen
+
+
 def _broadcast(address: str, prefixlen: int) -> str:
     value = int.from_bytes(socket.inet_aton(address), "big")
     host_mask = (1 << (32 - prefixlen)) - 1
@@ -79,18 +102,37 @@ def _broadcast(address: str, prefixlen: int) -> str:
 
 
 def _add_address(rtnl: _pyroute.Rtnl, index: int, cidr: str) -> None:
-    """ip addr add CIDR dev INDEX; an address that is there already is fine."""
-    address, prefixlen = _split_cidr(cidr)
+    """ip addr add CIDR dev INDEX (IPv4 with its broadcast address, IPv6 with nodad); an address that is
+    there already is fine."""
     msg = _pyroute.ifaddrmsg()
-    msg["family"] = socket.AF_INET
-    msg["prefixlen"] = prefixlen
     msg["index"] = index
-    msg["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address),
-                    ("IFA_BROADCAST", _broadcast(address, prefixlen))]
+    if ":" in cidr:
+        address, prefixlen = _split_cidr6(cidr)
+        msg["family"] = socket.AF_INET6
+        msg["flags"] = _IFA_F_NODAD
+        msg["attrs"] = [("IFA_ADDRESS", address)]
+    else:
+        address, prefixlen = _split_cidr(cidr)
+        msg["family"] = socket.AF_INET
+        msg["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address),
+                        ("IFA_BROADCAST", _broadcast(address, prefixlen))]
+    msg["prefixlen"] = prefixlen
     try:
         rtnl.request(msg, _pyroute.RTM_NEWADDR, _pyroute.NLM_F_CREATE | _pyroute.NLM_F_EXCL)
     except FileExistsError:
         pass
+
+
+def _add_default_route(rtnl: _pyroute.Rtnl, index: int, gateway: str) -> None:
+    """ip [-6] route add default via GATEWAY dev INDEX."""
+    route = _pyroute.rtmsg()
+    route["family"] = socket.AF_INET6 if ":" in gateway else socket.AF_INET
+    route["table"] = _RT_TABLE_MAIN
+    route["proto"] = _RTPROT_BOOT
+    route["scope"] = _RT_SCOPE_UNIVERSE
+    route["type"] = _RTN_UNICAST
+    route["attrs"] = [("RTA_GATEWAY", gateway), ("RTA_OIF", index)]
+    rtnl.request(route, _pyroute.RTM_NEWROUTE, _pyroute.NLM_F_CREATE | _pyroute.NLM_F_EXCL)
 
 
 def _link_index(rtnl: _pyroute.Rtnl, ifname: str) -> int:
@@ -108,11 +150,47 @@ def enable_ip_forward() -> None:
             f.write(b"1")
 
 
+def enable_ipv6_forward() -> None:
+    """sysctl net.ipv6.conf.all.forwarding=1 (left on, as IPv4 forwarding is), for dual-stack bridges only.
+
+    What it costs the host: with forwarding on, the kernel ignores router
+    advertisements on every interface whose accept_ra is 1 (the default); only
+    accept_ra=2 keeps accepting them. A host that gets its own IPv6 address or
+    default route by SLAAC then loses them when they expire. hanok does not
+    change any interface's accept_ra: a host that relies on RAs needs
+    accept_ra=2 on that interface before it creates an IPv6 network.
+    """
+    try:
+        with open(_IPV6_FORWARD, "r+b", buffering=0) as f:
+            if f.read(1) != b"1":
+                explain.step("sysctl -w net.ipv6.conf.all.forwarding=1",
+                             "let the bridge's IPv6 traffic be routed (RAs are then honoured only where accept_ra=2)")
+                f.seek(0)
+                f.write(b"1")
+    except FileNotFoundError:
+        raise NetError(_NO_IPV6) from None
+
+
+def _enable_ipv6_on(name: str) -> None:
+    """A bridge created while net.ipv6.conf.default.disable_ipv6=1 takes no IPv6 address: turn IPv6 on for
+    this bridge only (hanok made it)."""
+    path = f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"
+    try:
+        with open(path, "r+b", buffering=0) as f:
+            if f.read(1) == b"1":
+                explain.step(f"sysctl -w net.ipv6.conf.{name}.disable_ipv6=0", "the bridge carries IPv6 too")
+                f.seek(0)
+                f.write(b"0")
+    except FileNotFoundError:
+        raise NetError(_NO_IPV6) from None
+
+
 BRIDGE_ALIAS = "hanok network bridge"  # ifalias of the bridges hanok makes: the only ones it changes or deletes
 
 
-def ensure_bridge(name: str, gateway_cidr: str, mtu: int = 1500) -> None:
-    """Make bridge `name` exist, carry `gateway_cidr` and be up; whatever is there already is kept."""
+def ensure_bridge(name: str, gateway_cidr: str, mtu: int = 1500, gateway6_cidr: str | None = None) -> None:
+    """Make bridge `name` exist, carry `gateway_cidr` (and `gateway6_cidr`, with nodad) and be up; whatever is
+    there already is kept."""
     if len(name) > IFNAMSIZ_MAX:
         raise NetError(f"bridge name {name!r} is longer than {IFNAMSIZ_MAX} characters")
     # A fixed MAC (from the gateway address) keeps the kernel from giving the
@@ -139,7 +217,7 @@ def ensure_bridge(name: str, gateway_cidr: str, mtu: int = 1500) -> None:
         except FileExistsError:
             if not os.path.isdir(f"/sys/class/net/{name}/bridge"):
                 raise NetError(f"{name} exists and is not a bridge") from None
-            if not made_by_hanok(name):
+            if not _marked_within(name, ALIAS_GRACE_S):
                 raise NetError(f"bridge {name} exists and was not made by hanok: choose another bridge name "
                                f"(hanok would add addresses to it and delete it with its network)") from None
         except OSError as e:
@@ -148,17 +226,40 @@ def ensure_bridge(name: str, gateway_cidr: str, mtu: int = 1500) -> None:
             index = socket.if_nametoindex(name)
             explain.step(f"ip addr add {gateway_cidr} dev {name}", "the sandboxes' default gateway")
             _add_address(rtnl, index, gateway_cidr)
+            if gateway6_cidr is not None:
+                _enable_ipv6_on(name)
+                explain.step(f"ip -6 addr add {gateway6_cidr} dev {name} nodad",
+                             "the sandboxes' IPv6 default gateway, usable at once (no duplicate address detection)")
+                _add_address(rtnl, index, gateway6_cidr)
             explain.step(f"ip link set {name} up")
             _pyroute.set_link_up(rtnl, index=index)
         except OSError as e:
             raise NetError(f"cannot configure bridge {name}: {e.strerror}") from e
     enable_ip_forward()
+    if gateway6_cidr is not None:
+        enable_ipv6_forward()
 
 
 def remove_bridge(name: str) -> None:
     """ip link delete NAME, only if hanok made it; a bridge that is gone already is fine."""
     if os.path.isdir(f"/sys/class/net/{name}") and made_by_hanok(name):
         _delete_link(name)
+
+
+def _marked_within(name: str, grace: float) -> bool:
+    """Whether bridge `name` carries hanok's alias, waiting up to `grace` seconds for it.
+
+    A bridge another setup has just created has no alias until that setup's
+    second message (see ensure_bridge): the first sandboxes of a network set
+    up at the same time would otherwise take it for a foreign bridge. Only a
+    bridge without the alias waits, and then fails: an error path.
+    """
+    deadline = time.monotonic() + grace
+    while not made_by_hanok(name):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.001)
+    return True
 
 
 def made_by_hanok(name: str) -> bool:
@@ -186,14 +287,18 @@ def _delete_link(ifname: str) -> bool:
 
 
 def attach(netns_path: str, bridge: str, host_ifname: str, container_ifname: str = "eth0", *,
-           address_cidr: str, gateway: str, mtu: int = 1500, mac: str | None = None) -> str:
+           address_cidr: str, gateway: str, mtu: int = 1500, mac: str | None = None,
+           address6_cidr: str | None = None, gateway6: str | None = None) -> str:
     """Plug the namespace at `netns_path` into `bridge` with a veth pair; return the container MAC.
 
     The host end is enslaved to the bridge with hairpin mode on (so a sandbox
     reaches its own published ports) and up; the peer is created inside the
     namespace as `container_ifname`, with the address, MTU, a default route via
-    `gateway`, and lo up. On failure the pair is deleted again.
+    `gateway`, and lo up; with `address6_cidr`, also that IPv6 address (nodad)
+    and an IPv6 default route via `gateway6`. On failure the pair is deleted again.
     """
+    if (address6_cidr is None) != (gateway6 is None):
+        raise NetError("an IPv6 address needs an IPv6 gateway, and the other way round")
     address = _split_cidr(address_cidr)[0]
     mac = mac or mac_for(address)
     try:
@@ -224,7 +329,7 @@ def attach(netns_path: str, bridge: str, host_ifname: str, container_ifname: str
     finally:
         os.close(ns_fd)
     try:
-        _configure_inside(netns_path, host_ifname, container_ifname, address_cidr, gateway)
+        _configure_inside(netns_path, host_ifname, container_ifname, address_cidr, gateway, address6_cidr, gateway6)
     except BaseException:
         _delete_link(host_ifname)
         raise
@@ -232,7 +337,7 @@ def attach(netns_path: str, bridge: str, host_ifname: str, container_ifname: str
 
 
 def _configure_inside(netns_path: str, host_ifname: str, container_ifname: str, address_cidr: str,
-                      gateway: str) -> None:
+                      gateway: str, address6_cidr: str | None, gateway6: str | None) -> None:
     explain.step(f"echo 1 > /sys/class/net/{host_ifname}/brport/hairpin_mode",
                  "let a sandbox reach itself through its published ports")
     try:
@@ -240,23 +345,21 @@ def _configure_inside(netns_path: str, host_ifname: str, container_ifname: str, 
             f.write(b"1")
     except OSError as e:
         raise NetError(f"cannot set hairpin mode on {host_ifname}: {e.strerror}") from e
+    ipv6 = (f" && ip -6 addr add {address6_cidr} dev {container_ifname} nodad && "
+            f"ip -6 route add default via {gateway6} dev {container_ifname}") if address6_cidr else ""
     explain.step(f"nsenter --net={netns_path} sh -c 'ip link set lo up && "
                  f"ip addr add {address_cidr} dev {container_ifname} && ip link set {container_ifname} up && "
-                 f"ip route add default via {gateway} dev {container_ifname}'")
+                 f"ip route add default via {gateway} dev {container_ifname}{ipv6}'")
     try:
         with _pyroute.socket_in(netns_path) as rtnl:
             _pyroute.set_link_up(rtnl, ifname="lo")
             index = _link_index(rtnl, container_ifname)
             _add_address(rtnl, index, address_cidr)
             _pyroute.set_link_up(rtnl, index=index)
-            route = _pyroute.rtmsg()
-            route["family"] = socket.AF_INET
-            route["table"] = _RT_TABLE_MAIN
-            route["proto"] = _RTPROT_BOOT
-            route["scope"] = _RT_SCOPE_UNIVERSE
-            route["type"] = _RTN_UNICAST
-            route["attrs"] = [("RTA_GATEWAY", gateway), ("RTA_OIF", index)]
-            rtnl.request(route, _pyroute.RTM_NEWROUTE, _pyroute.NLM_F_CREATE | _pyroute.NLM_F_EXCL)
+            _add_default_route(rtnl, index, gateway)
+            if address6_cidr is not None and gateway6 is not None:
+                _add_address(rtnl, index, address6_cidr)
+                _add_default_route(rtnl, index, gateway6)
     except OSError as e:
         raise NetError(f"cannot configure {container_ifname} in {netns_path}: {e.strerror}") from e
 

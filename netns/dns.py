@@ -36,8 +36,9 @@ def resolv_conf(host_text: str) -> str:
     return "\n".join(kept) + "\n"
 
 
-def hosts(hostname: str, ip: str | None, extra: dict[str, str] | None = None) -> str:
-    """/etc/hosts: localhost for IPv4 and IPv6, then `ip hostname`, then extra {name: ip}."""
+def hosts(hostname: str, ip: str | None, extra: dict[str, str] | None = None, ip6: str | None = None) -> str:
+    """/etc/hosts: localhost for IPv4 and IPv6, then `ip hostname` (and `ip6 hostname` on a dual-stack
+    network), then extra {name: ip}."""
     lines = ["127.0.0.1\tlocalhost",
              "::1\tlocalhost ip6-localhost ip6-loopback",
              "fe00::0\tip6-localnet",
@@ -48,6 +49,8 @@ def hosts(hostname: str, ip: str | None, extra: dict[str, str] | None = None) ->
         lines.append(f"{ip}\t{hostname}")
     else:
         lines[0] += f" {hostname}"
+    if ip6:
+        lines.append(f"{ip6}\t{hostname}")
     lines += [f"{address}\t{name}" for name, address in (extra or {}).items()]
     return "\n".join(lines) + "\n"
 
@@ -65,10 +68,11 @@ def _write_atomically(path: str, text: str) -> None:
 
 
 def write_files(dir: str, hostname: str, ip: str | None, host_resolv_path: str = "/etc/resolv.conf",
-                extra_hosts: dict[str, str] | None = None) -> dict[str, str]:
+                extra_hosts: dict[str, str] | None = None, ip6: str | None = None) -> dict[str, str]:
     """Write resolv.conf, hosts and hostname into `dir`; return {container path: file written}.
 
-    A host without a resolv.conf gets the fallback nameservers.
+    A host without a resolv.conf gets the fallback nameservers. `ip6` is the
+    container's IPv6 address on a dual-stack network (hosts names it too).
     """
     try:
         with open(host_resolv_path, encoding="utf-8", errors="replace") as f:
@@ -77,7 +81,7 @@ def write_files(dir: str, hostname: str, ip: str | None, host_resolv_path: str =
         host_text = ""
     os.makedirs(dir, mode=0o755, exist_ok=True)
     files = {"/etc/resolv.conf": (os.path.join(dir, "resolv.conf"), resolv_conf(host_text)),
-             "/etc/hosts": (os.path.join(dir, "hosts"), hosts(hostname, ip, extra_hosts)),
+             "/etc/hosts": (os.path.join(dir, "hosts"), hosts(hostname, ip, extra_hosts, ip6)),
              "/etc/hostname": (os.path.join(dir, "hostname"), hostname_file(hostname))}
     for path, text in files.values():
         _write_atomically(path, text)

@@ -1,11 +1,18 @@
-"""IPv4 address allocation for one network, in files, safe against crashes and concurrency.
+"""Address allocation for one network's subnet, in files, safe against crashes and concurrency.
 
-Layout under `<state_root>/net/ipam/<network>/`:
+Layout under `<state_root>/net/ipam/<network>/` (IPv4) and, for a dual-stack
+network, the same again under `<state_root>/net/ipam/<network>/ipv6/` (IPv6):
   lock            flock()ed around every change
-  <a.b.c.d>       one file per leased address; its content is the owner id
+  <address>       one file per leased address (a.b.c.d, or the compressed IPv6
+                  form such as fd00:1::2); its content is the owner id
   owners/<owner>  the owner's address: release() is O(1), no scan
   last_reserved   the last address handed out; the next search starts after it
                   (like CNI host-local), so a freed address is not reused at once
+
+The IPv6 pool lives inside the IPv4 one so that a network's address state is
+one directory: removing it removes both. Each pool has its own lock and
+owners index, and neither ever reads the other's names (an IPv4 pool only
+sees names shaped a.b.c.d, an IPv6 pool only names with a colon).
 
 Why this holds up when a process dies at any point:
 - An address file is made with its content in one step: written to a temp
@@ -21,18 +28,26 @@ Why this holds up when a process dies at any point:
   are never handed out twice and are freed by gc().
 
 The gateway (first host address), the network and broadcast addresses are
-never handed out.
+never handed out (IPv6 has no broadcast: its last address is a host address).
+
+IPv6 subnets are searched, not exhausted: from ::2 on, sequentially as for
+IPv4, but a search looks at most at V6_SEARCH_LIMIT addresses after the last
+one handed out. A /64 holds 2**64 addresses; a full scan would never end, and
+a network with that many leases does not exist, so a search that finds no
+free address within the limit reports the subnet as full for now.
 """
 from __future__ import annotations
 
 import os
-from _socket import inet_aton, inet_ntoa  # socket.py itself costs ~5 ms (enum), for two functions
+from _socket import AF_INET6, inet_aton, inet_ntoa, inet_ntop, inet_pton  # socket.py costs ~5 ms (enum)
 
 from hanok.runtime.errors import InvalidArgument, NetError
 
 if False:  # for type checkers only
     from collections.abc import Callable, Iterator
 
+V6_SEARCH_LIMIT = 65536   # addresses one IPv6 allocation looks at before it gives up (see above)
+V6_PREFIX_RANGE = (64, 120)   # what an IPv6 pool accepts: a /64 is the norm, a /120 leaves 254 hosts
 _OWNER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
@@ -60,6 +75,47 @@ def _is_address(name: str) -> bool:
     return len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) < 256 for p in parts)
 
 
+def _to_int6(address: str) -> int:
+    return int.from_bytes(inet_pton(AF_INET6, address), "big")
+
+
+def _to_str6(value: int) -> str:
+    return inet_ntop(AF_INET6, value.to_bytes(16, "big"))
+
+
+def _is_address6(name: str) -> bool:
+    """An IPv6 address in the compressed form this pool names its files with (and nothing else)."""
+    if ":" not in name:
+        return False
+    try:
+        return _to_str6(_to_int6(name)) == name
+    except (OSError, ValueError):
+        return False
+
+
+class _Family:
+    """What differs between IPv4 and IPv6 pools: address text <-> int, file names, sizes, limits."""
+
+    __slots__ = ("bits", "to_int", "to_str", "is_address", "reserved_at_end", "prefixes", "example", "search_limit")
+
+    def __init__(self, bits: int, to_int: Callable[[str], int], to_str: Callable[[int], str],
+                 is_address: Callable[[str], bool], reserved_at_end: int, prefixes: tuple[int, int], example: str,
+                 search_limit: int | None):
+        self.bits = bits
+        self.to_int = to_int
+        self.to_str = to_str
+        self.is_address = is_address
+        self.reserved_at_end = reserved_at_end     # IPv4's broadcast address
+        self.prefixes = prefixes
+        self.example = example
+        self.search_limit = search_limit           # None: search the whole subnet
+
+
+_IPV4 = _Family(32, _to_int, _to_str, _is_address, 1, (1, 30), "A.B.C.D/N", None)
+_IPV6 = _Family(128, _to_int6, _to_str6, _is_address6, 0, V6_PREFIX_RANGE, "fdXX:XXXX:XXXX:XXXX::/64",
+                V6_SEARCH_LIMIT)
+
+
 class _PoolLock:
     """flock on the pool's `lock` file for one change (a class, not @contextmanager: contextlib is
     an import the setup path otherwise does without)."""
@@ -84,25 +140,31 @@ class _PoolLock:
 
 
 class Pool:
-    """The addresses of one network's subnet; every method is safe across processes."""
+    """The addresses of one network's subnet (IPv4, or IPv6 when the subnet has a colon); every method is
+    safe across processes."""
 
     def __init__(self, state_root: str, network: str, subnet: str, gateway: str | None = None):
         self.network = network
         self.subnet = subnet
-        base, _, prefix = subnet.partition("/")
+        family = self._family = _IPV6 if ":" in subnet else _IPV4
+        base, slash, prefix = subnet.partition("/")
         try:
             prefixlen = int(prefix)
-            value = _to_int(base)
+            value = family.to_int(base)
         except (OSError, ValueError):
-            raise InvalidArgument(f"bad subnet {subnet!r}: want A.B.C.D/N") from None
-        if not 0 < prefixlen <= 30:
-            raise InvalidArgument(f"bad subnet {subnet!r}: prefix length must be 1-30")
+            raise InvalidArgument(f"bad subnet {subnet!r}: want {family.example}") from None
+        shortest, longest = family.prefixes
+        if not shortest <= prefixlen <= longest:
+            raise InvalidArgument(f"bad subnet {subnet!r}: prefix length must be {shortest}-{longest}")
         self.prefixlen = prefixlen
-        mask = (0xFFFFFFFF << (32 - prefixlen)) & 0xFFFFFFFF
-        self._first = (value & mask) + 1                     # the gateway by default
-        self._last = (value & mask) + (1 << (32 - prefixlen)) - 2
-        self.gateway = gateway or _to_str(self._first)
+        host_bits = family.bits - prefixlen
+        network_value = value >> host_bits << host_bits
+        self._first = network_value + 1                     # the gateway by default
+        self._last = network_value + (1 << host_bits) - 1 - family.reserved_at_end
+        self.gateway = gateway or family.to_str(self._first)
         self.dir = os.path.join(state_root, "net", "ipam", network)
+        if family is _IPV6:
+            self.dir = os.path.join(self.dir, "ipv6")
         self._owners_dir = os.path.join(self.dir, "owners")
         self._tmp_dir = os.path.join(self.dir, "tmp")
 
@@ -139,7 +201,7 @@ class Pool:
     def _lease_of(self, owner: str) -> str | None:
         """The owner's address if its index and its address file agree."""
         address = self._read(os.path.join(self._owners_dir, owner))
-        if address and _is_address(address) and self._read(os.path.join(self.dir, address)) == owner:
+        if address and self._family.is_address(address) and self._read(os.path.join(self.dir, address)) == owner:
             return address
         return None
 
@@ -156,17 +218,21 @@ class Pool:
 
     def _claim(self, owner: str) -> str:
         """Link a file holding `owner` to the first free address after the last one handed out."""
+        family = self._family
         last = self._read(os.path.join(self.dir, "last_reserved"))
-        start = _to_int(last) + 1 if last and _is_address(last) else self._first
+        start = family.to_int(last) + 1 if last and family.is_address(last) else self._first
+        if not self._first <= start <= self._last:
+            start = self._first
         size = self._last - self._first + 1
-        gateway = _to_int(self.gateway)
+        searched = size if family.search_limit is None else min(size, family.search_limit)
+        gateway = family.to_int(self.gateway)
         lease = self._write_tmp(owner, "lease")
         try:
-            for step in range(size):
+            for step in range(searched):
                 candidate = self._first + (start - self._first + step) % size
                 if candidate == gateway:
                     continue
-                address = _to_str(candidate)
+                address = family.to_str(candidate)
                 path = os.path.join(self.dir, address)
                 if os.path.lexists(path):
                     continue
@@ -179,6 +245,9 @@ class Pool:
         finally:
             if os.path.lexists(lease):
                 os.unlink(lease)
+        if searched < size:
+            raise NetError(f"network {self.network}: no free address in {self.subnet} among the {searched} "
+                           f"addresses from {family.to_str(start)} on")
         raise NetError(f"network {self.network}: no free address in {self.subnet}")
 
     def release(self, owner: str) -> str | None:
@@ -189,7 +258,7 @@ class Pool:
         with self._locked():
             index = os.path.join(self._owners_dir, owner)
             address = self._read(index)
-            if address and _is_address(address):
+            if address and self._family.is_address(address):
                 lease = os.path.join(self.dir, address)
                 if self._read(lease) == owner:
                     os.unlink(lease)
@@ -207,7 +276,7 @@ class Pool:
         except FileNotFoundError:
             return
         for name in names:
-            if _is_address(name):
+            if self._family.is_address(name):
                 yield name, self._read(os.path.join(self.dir, name))
 
     def leases(self) -> dict[str, str]:
@@ -244,7 +313,8 @@ class Pool:
         return freed
 
     def remove(self) -> None:
-        """Delete the pool's directory (only call once it holds no leases)."""
+        """Delete the pool's directory (only call once it holds no leases); an IPv4 pool's holds the
+        network's IPv6 pool too."""
         import shutil
 
         shutil.rmtree(self.dir, ignore_errors=True)

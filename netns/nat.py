@@ -1,6 +1,7 @@
-"""Egress masquerade and host port mapping, in one hanok-owned nftables table.
+"""Egress masquerade and host port mapping, in one hanok-owned nftables table (and its IPv6 twin).
 
-Everything lives in table `ip <TABLE>` (default `hanok`; $HANOK_NFT_TABLE lets tests use their own):
+Everything IPv4 lives in table `ip <TABLE>` (default `hanok`; $HANOK_NFT_TABLE lets tests use their own;
+IPv6 masquerade is in `ip6 <TABLE>`, see below):
 
     chain prerouting   nat hook prerouting, priority dstnat:  fib daddr type local jump portmap
     chain output       nat hook output, priority -100:        fib daddr type local jump portmap
@@ -31,7 +32,16 @@ Why this shape:
   on a hook runs, and any drop is final), so an accepting forward chain here could not help a host whose
   forward policy is drop. The host here has no ruleset and iptables policies ACCEPT.
 
-IPv4 only (`ip` family): IPv6 publishing and masquerade would need an `inet` table and ip6 rules.
+IPv6 (dual-stack networks) gets egress masquerade only, in a parallel table `ip6 <TABLE>` of the same name
+holding one chain, postrouting, with one rule per network: `ip6 saddr SUBNET6 oifname != BRIDGE masquerade`,
+tagged "hanok-network:<name>" like the IPv4 pair. A ULA subnet (fd00::/8) is not routed on the internet, so its
+sandboxes reach the outside only through the host's address, as with RFC 1918 IPv4. The same rules hold in both
+tables: rules are found by their tag, and the change removing a table's last tagged rule deletes that table.
+Why a parallel table and not one `inet` table for both: the IPv4 table's layout (and every test and host that
+lists `table ip hanok`) stays exactly as it was, and v4-only networks (the default one) never pay for a second
+listing when a sandbox is set up. Ports are published over IPv4 only: IPv6 DNAT would need the portmap, guard
+and hairpin chains again in ip6 and an IPv6 hostIP syntax; a dual-stack container is reachable directly on
+its IPv6 address from the host and its network.
 The table is decided at each call (_table()): tests may set nat.TABLE, or $HANOK_NFT_TABLE at any time.
 
 Every change is one nft script run by libnftables in one call, which the kernel applies as one transaction:
@@ -197,6 +207,23 @@ def _subnet(text: str) -> str:
     return ".".join(str(value >> shift & 0xFF) for shift in (24, 16, 8, 0)) + f"/{int(length)}"
 
 
+def _subnet6(text: str) -> str:
+    """Validate an IPv6 network "addr/len"; host bits are cleared and the address compressed as nft prints it."""
+    from _socket import AF_INET6, inet_ntop, inet_pton
+
+    address, slash, length = text.partition("/")
+    bad = f'subnet "{text}" is not an IPv6 network such as fd00:1::/64'
+    if not slash or not length.isascii() or not length.isdigit() or len(length) > 3 or int(length) > 128:
+        raise InvalidArgument(bad)
+    try:
+        value = int.from_bytes(inet_pton(AF_INET6, address), "big")
+    except (OSError, ValueError):
+        raise InvalidArgument(bad) from None
+    host_bits = 128 - int(length)
+    value = value >> host_bits << host_bits
+    return f"{inet_ntop(AF_INET6, value.to_bytes(16, 'big'))}/{int(length)}"
+
+
 def _name(text: str, what: str) -> str:
     """Owner and network names end up inside a quoted nft comment: keep them to a safe alphabet."""
     if not text or len(text) > _MAX_NAME or not set(text) <= _NAME_CHARS:
@@ -295,6 +322,20 @@ def _skeleton_commands(table: str) -> list[str]:
     ]
 
 
+def _skeleton6_commands(table: str) -> list[str]:
+    """The IPv6 table and its only chain; sent with the first IPv6 masquerade rule of an absent table."""
+    return [
+        f"add table ip6 {table}",
+        f"add chain ip6 {table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}",
+    ]
+
+
+def _masquerade6_commands(table: str, network: str, subnet: str, bridge: str) -> list[str]:
+    """Egress masquerade for an IPv6 subnet (no hairpin rule: nothing is DNATed over IPv6)."""
+    return [f'add rule ip6 {table} postrouting ip6 saddr {subnet} oifname != "{bridge}" masquerade '
+            f'comment "{NETWORK_TAG}{network}"']
+
+
 def _masquerade_commands(table: str, network: str, subnet: str, bridge: str) -> list[str]:
     """Egress masquerade for the subnet, and hairpin masquerade between containers of its bridge."""
     tag = f'comment "{NETWORK_TAG}{network}"'
@@ -321,8 +362,8 @@ def _owner_commands(table: str, owner: str, container_ip: str, bridge: str) -> l
     ]
 
 
-def _delete_commands(table: str, doomed: list[_Rule]) -> list[str]:
-    return [f"delete rule ip {table} {rule.chain} handle {rule.handle}" for rule in doomed]
+def _delete_commands(table: str, doomed: list[_Rule], family: str = "ip") -> list[str]:
+    return [f"delete rule {family} {table} {rule.chain} handle {rule.handle}" for rule in doomed]
 
 
 # --- what is installed (JSON listing, parsed purely) -----------------------------------------------------
@@ -461,9 +502,12 @@ def _apply(commands: list[str], why: str) -> None:
     _run("\n".join(commands) + "\n")
 
 
-def _installed() -> list[_Rule] | None:
-    """The tagged rules in the table, or None when the table does not exist."""
-    text = _run(f"list table ip {_table()}", _NFT_OUTPUT_JSON, missing_ok=True)
+FAMILIES = ("ip", "ip6")   # the IPv4 table, then the IPv6 one (masquerade only)
+
+
+def _installed(family: str = "ip") -> list[_Rule] | None:
+    """The tagged rules in the table of `family`, or None when the table does not exist."""
+    text = _run(f"list table {family} {_table()}", _NFT_OUTPUT_JSON, missing_ok=True)
     return None if text is None else _parse_listing(text)
 
 
@@ -480,20 +524,21 @@ class _Locked:
         os.close(self.fd)
 
 
-def _remove_tagged(tag: str, why: str) -> tuple[list[_Rule], list[_Rule]]:
-    """Delete every rule carrying `tag` (the whole table when nothing else is left); caller holds the lock.
+def _remove_tagged(tag: str, why: str, family: str = "ip") -> tuple[list[_Rule], list[_Rule]]:
+    """Delete every rule carrying `tag` from the table of `family` (the whole table when nothing else is
+    left); caller holds the lock.
 
     Returns (removed, remaining).
     """
-    installed = _installed()
+    installed = _installed(family)
     if installed is None:
         return [], []
     doomed = [rule for rule in installed if rule.tag == tag]
     remaining = [rule for rule in installed if rule.tag != tag]
     if not remaining:  # also cleans up a table some crash left without tagged rules
-        _apply([f"delete table ip {_table()}"], f"{why}; nothing else is left in table {_table()}")
+        _apply([f"delete table {family} {_table()}"], f"{why}; nothing else is left in table {family} {_table()}")
     elif doomed:
-        _apply(_delete_commands(_table(), doomed), why)
+        _apply(_delete_commands(_table(), doomed, family), why)
     return doomed, remaining
 
 
@@ -519,32 +564,42 @@ def _set_route_localnet(bridge: str, enabled: bool, why: str) -> bool:
 # --- the API ---------------------------------------------------------------------------------------------
 
 def ensure_masquerade(network: str, subnet: str, bridge: str) -> None:
-    """Masquerade traffic from `subnet` leaving through any interface but `bridge` (and hairpin on it).
+    """Masquerade traffic from `subnet` leaving through any interface but `bridge` (and, for IPv4, hairpin on it).
 
-    Idempotent: an identical pair of rules is left alone; rules of `network` with another subnet or bridge
-    are replaced in the same transaction.
+    An IPv6 subnet (it has a colon) gets its one rule in the `ip6` table; a dual-stack network calls this once
+    per subnet. Idempotent: identical rules are left alone; rules of `network` in the same family with another
+    subnet or bridge are replaced in the same transaction.
     """
     _name(network, "network name")
-    subnet = _subnet(subnet)
+    family = "ip6" if ":" in subnet else "ip"
+    subnet = _subnet6(subnet) if family == "ip6" else _subnet(subnet)
     _bridge(bridge)
     tag = NETWORK_TAG + network
+    table = _table()
     with _Locked():
-        installed = _installed()
+        installed = _installed(family)
         mine = [rule for rule in installed or () if rule.tag == tag]
         have = sorted((str(r.facts.get("saddr")), str(r.facts.get("oifname")), str(r.facts.get("oifname_op")))
                       for r in mine)
-        if have == [(subnet, bridge, "!="), (subnet, bridge, "==")]:
+        if family == "ip6":
+            wanted = [(subnet, bridge, "!=")]
+            skeleton, rules_to_add = _skeleton6_commands, _masquerade6_commands(table, network, subnet, bridge)
+        else:
+            wanted = [(subnet, bridge, "!="), (subnet, bridge, "==")]
+            skeleton, rules_to_add = _skeleton_commands, _masquerade_commands(table, network, subnet, bridge)
+        if have == wanted:
             return
-        commands = [] if installed is not None else _skeleton_commands(_table())
-        commands += _delete_commands(_table(), mine) + _masquerade_commands(_table(), network, subnet, bridge)
+        commands = [] if installed is not None else skeleton(table)
+        commands += _delete_commands(table, mine, family) + rules_to_add
         _apply(commands, f"network {network}: masquerade {subnet} leaving through interfaces other than {bridge}")
 
 
 def remove_masquerade(network: str) -> None:
-    """Remove the rules of `network` (idempotent)."""
+    """Remove the rules of `network` from both tables (idempotent)."""
     _name(network, "network name")
     with _Locked():
-        _remove_tagged(NETWORK_TAG + network, f"network {network}: stop masquerading")
+        for family in FAMILIES:
+            _remove_tagged(NETWORK_TAG + network, f"network {network}: stop masquerading", family)
 
 
 def add_ports(owner: str, container_ip: str, bridge: str, ports: list[PortMapping]) -> None:
@@ -607,24 +662,27 @@ def remove_ports(owner: str) -> None:
 
 
 def rules() -> list[dict]:
-    """What hanok installed: [{"owner"|"network": name, "kind", "chain", "rule": nft text}], in table order.
+    """What hanok installed: [{"owner"|"network": name, "kind", "chain", "rule": nft text}], the IPv4 table's
+    rules in table order, then the IPv6 table's.
 
     kind: "dnat" (a published port); "hairpin" (masquerade of DNATed connections into a bridge: a network's
     from its subnet, an owner's from 127.0.0.0/8 and from the container itself); "masquerade" (a network's
-    egress); "localnet-guard" (an owner's drop of new 127.0.0.0/8 packets arriving on its bridge).
+    egress, `ip saddr` or `ip6 saddr` in its rule text); "localnet-guard" (an owner's drop of new
+    127.0.0.0/8 packets arriving on its bridge).
     """
-    with _Locked():
-        installed = _installed()
-        if not installed:
-            return []
-        texts = _parse_rule_texts(_run(f"list table ip {_table()}", _NFT_OUTPUT_HANDLE) or "")
     found = []
-    for rule in installed:
-        if rule.tag.startswith(OWNER_TAG):
-            who = {"owner": rule.tag.removeprefix(OWNER_TAG)}
-        else:
-            who = {"network": rule.tag.removeprefix(NETWORK_TAG)}
-        found.append({**who, "kind": rule.kind, "chain": rule.chain, "rule": texts.get(rule.handle, "")})
+    with _Locked():
+        for family in FAMILIES:
+            installed = _installed(family)
+            if not installed:
+                continue
+            texts = _parse_rule_texts(_run(f"list table {family} {_table()}", _NFT_OUTPUT_HANDLE) or "")
+            for rule in installed:
+                if rule.tag.startswith(OWNER_TAG):
+                    who = {"owner": rule.tag.removeprefix(OWNER_TAG)}
+                else:
+                    who = {"network": rule.tag.removeprefix(NETWORK_TAG)}
+                found.append({**who, "kind": rule.kind, "chain": rule.chain, "rule": texts.get(rule.handle, "")})
     return found
 
 

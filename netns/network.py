@@ -12,6 +12,13 @@ after it, so teardown and gc need no state beyond the files named here:
 Networks other than the implicit default are kept in
 <state_root>/net/networks.json (atomic writes under networks.lock).
 
+Dual stack is opt-in per network, as with `docker network create --ipv6`: a
+network created with an IPv6 subnet (`subnet6`) gives every sandbox an IPv6
+address from its own pool (ipam, under the IPv4 pool's directory), the bridge
+the subnet's ::1 as IPv6 gateway, and the subnet an egress masquerade rule in
+nat.py's ip6 table. Published ports stay IPv4 only. The default network stays
+IPv4 only.
+
 The bridge and the masquerade rule of a network are shared by its sandboxes:
 a failed setup leaves them in place (another sandbox may be using them right
 now); `remove_network` removes them.
@@ -25,6 +32,7 @@ from hanok.netns import ipam, namespace
 from hanok.runtime.errors import BadState, Exists, HanokError, InvalidArgument, NetError, NotFound
 
 if False:  # for type checkers only: nat is imported when ports or masquerade are used
+    import ipaddress
     from collections.abc import Callable, Iterable
 
     from hanok.netns import nat
@@ -47,22 +55,25 @@ def is_bridge_name(name: str) -> bool:
 
 
 class NetworkConfig:
-    """One bridge network: its bridge device, IPv4 subnet and gateway.
+    """One bridge network: its bridge device, IPv4 subnet and gateway, and optionally an IPv6 subnet and
+    gateway (None for IPv4-only networks).
 
     A plain class rather than a dataclass: `dataclasses` pulls in inspect
     (~6 ms), paid by every process that sets up or tears down a sandbox.
     """
 
-    __slots__ = ("name", "bridge", "subnet", "gateway", "mtu", "masquerade")
+    __slots__ = ("name", "bridge", "subnet", "gateway", "mtu", "masquerade", "subnet6", "gateway6")
 
     def __init__(self, name: str, bridge: str, subnet: str, gateway: str, mtu: int = 1500,
-                 masquerade: bool = True):
+                 masquerade: bool = True, subnet6: str | None = None, gateway6: str | None = None):
         self.name = name
         self.bridge = bridge
         self.subnet = subnet
         self.gateway = gateway
         self.mtu = mtu
         self.masquerade = masquerade
+        self.subnet6 = subnet6
+        self.gateway6 = gateway6
 
     def to_dict(self) -> dict:
         """The fields by name, as stored in networks.json and printed by `hanok network inspect`."""
@@ -193,11 +204,14 @@ def _default_bridge_name(name: str) -> str:
 
 
 def create_network(state_root: str, name: str, subnet: str, bridge: str | None = None,
-                   gateway: str | None = None, mtu: int = 1500, masquerade: bool = True) -> NetworkConfig:
+                   gateway: str | None = None, mtu: int = 1500, masquerade: bool = True,
+                   subnet6: str | None = None) -> NetworkConfig:
     """Define a bridge network (nothing is created on the host until a sandbox joins it).
 
-    The default network "hanok" exists implicitly and may be redefined here
-    while it has no endpoints.
+    With `subnet6` (an IPv6 network, /64 to /120, see _check_subnet6) the
+    network is dual stack; its IPv6 gateway is the subnet's ::1. The default
+    network "hanok" exists implicitly and may be redefined here while it has
+    no endpoints.
     """
     import ipaddress
 
@@ -222,7 +236,11 @@ def create_network(state_root: str, name: str, subnet: str, bridge: str | None =
         raise InvalidArgument(f"bad bridge name {bridge!r}: want 1-15 characters of [a-zA-Z0-9_.-]")
     if not 68 <= mtu <= 65535:
         raise InvalidArgument(f"bad mtu {mtu}: want 68-65535")
-    config = NetworkConfig(name, bridge, str(net), gateway, mtu, masquerade)
+    net6 = _check_subnet6(subnet6) if subnet6 is not None else None
+    gateway6 = str(net6.network_address + 1) if net6 is not None else None
+    if net6 is not None and mtu < 1280:
+        raise InvalidArgument(f"bad mtu {mtu}: IPv6 needs at least 1280")
+    config = NetworkConfig(name, bridge, str(net), gateway, mtu, masquerade, str(net6) if net6 else None, gateway6)
     with _NetworksLock(state_root):
         stored = _stored_networks(state_root)
         if name in stored:
@@ -234,11 +252,38 @@ def create_network(state_root: str, name: str, subnet: str, bridge: str | None =
                 continue
             if ipaddress.IPv4Network(other.subnet).overlaps(net):
                 raise InvalidArgument(f"subnet {subnet} overlaps network {other.name} ({other.subnet})")
+            if net6 is not None and other.subnet6 and ipaddress.IPv6Network(other.subnet6).overlaps(net6):
+                raise InvalidArgument(f"IPv6 subnet {subnet6} overlaps network {other.name} ({other.subnet6})")
             if other.bridge == bridge:
                 raise InvalidArgument(f"bridge {bridge} is already used by network {other.name}")
         stored[name] = config
         _save_networks(state_root, stored)
     return config
+
+
+def _check_subnet6(subnet6: str) -> ipaddress.IPv6Network:
+    """The IPv6 network `subnet6` names, or InvalidArgument saying what is wrong with it.
+
+    Supported: unique local (fd00::/8, e.g. fd12:3456:789a:1::/64) and global
+    unicast (2000::/3) networks with a prefix length of 64 to 120 (ipam's
+    range: shorter prefixes gain nothing for containers on one bridge, longer
+    ones leave too few addresses). Link-local, multicast, loopback, IPv4-mapped
+    and other special ranges cannot be a bridge's subnet.
+    """
+    import ipaddress
+
+    try:
+        net6 = ipaddress.IPv6Network(subnet6, strict=True)
+    except ValueError as e:
+        raise InvalidArgument(f"bad IPv6 subnet {subnet6!r}: {e}") from None
+    shortest, longest = ipam.V6_PREFIX_RANGE
+    if not shortest <= net6.prefixlen <= longest:
+        raise InvalidArgument(f"bad IPv6 subnet {subnet6!r}: prefix length must be {shortest}-{longest}")
+    if not (net6.subnet_of(ipaddress.IPv6Network("fd00::/8"))
+            or net6.subnet_of(ipaddress.IPv6Network("2000::/3"))):
+        raise InvalidArgument(f"bad IPv6 subnet {subnet6!r}: want a unique local (fd00::/8) or global unicast "
+                              "(2000::/3) network")
+    return net6
 
 
 def list_networks(state_root: str) -> list[NetworkConfig]:
@@ -266,12 +311,15 @@ def remove_network(state_root: str, run_dir: str, name: str) -> None:
         pool = _pool(state_root, config)
         users = set(pool.leases()) | {o for o, record in _endpoint_records(state_root)
                                       if record.get("network") == name and namespace.exists(run_dir, o)}
+        pool6 = _pool6(state_root, config)
+        if pool6 is not None:
+            users |= set(pool6.leases())
         if users:
             raise BadState(f"network {name} has {len(users)} active endpoints")
         if config.masquerade:
             _nat().remove_masquerade(name)
         _links().remove_bridge(config.bridge)
-        pool.remove()
+        pool.remove()                                   # the IPv6 pool is inside it
         stored = _stored_networks(state_root)
         if stored.pop(name, None) is not None:
             _save_networks(state_root, stored)
@@ -279,6 +327,18 @@ def remove_network(state_root: str, run_dir: str, name: str) -> None:
 
 def _pool(state_root: str, config: NetworkConfig) -> ipam.Pool:
     return ipam.Pool(state_root, config.name, config.subnet, config.gateway)
+
+
+def _pool6(state_root: str, config: NetworkConfig) -> ipam.Pool | None:
+    """The network's IPv6 pool; None for an IPv4-only network."""
+    if not config.subnet6:
+        return None
+    return ipam.Pool(state_root, config.name, config.subnet6, config.gateway6)
+
+
+def _pools(state_root: str, config: NetworkConfig) -> list[ipam.Pool]:
+    """Every address pool of the network: IPv4, then IPv6 if it is dual stack."""
+    return [pool for pool in (_pool(state_root, config), _pool6(state_root, config)) if pool is not None]
 
 
 def _nat():
@@ -344,7 +404,10 @@ def setup(state_root: str, run_dir: str, owner: str, *, mode: str = "bridge",
     mode "host": nothing is made. "none": a namespace with only lo up.
     "bridge": a namespace, an address from the network's pool, a veth pair
     to the network's bridge (made if missing) with masquerade, and the
-    published `ports`. With `hostname`, resolv.conf, hosts and hostname files
+    published `ports`. On a dual-stack network eth0 also gets an IPv6
+    address and default route, and the result "ip6", "prefixLength6" and
+    "gateway6" (keys present only then, so IPv4-only results are as they
+    were). With `hostname`, resolv.conf, hosts and hostname files
     are written too (their paths under "files"). Calling it again for the
     same owner returns the recorded result. On failure everything made so far
     is undone and the error is raised.
@@ -395,12 +458,23 @@ def _setup(state_root: str, run_dir: str, owner: str, config: NetworkConfig | No
         pool = _pool(state_root, config)
         ip, prefixlen, gateway = pool.allocate(owner)
         undo.append(lambda: pool.release(owner))
-        links.ensure_bridge(config.bridge, f"{config.gateway}/{prefixlen}", config.mtu)
+        pool6 = _pool6(state_root, config)
+        ipv6: dict = {}                 # the result's IPv6 fields, on a dual-stack network
+        address6_cidr = gateway6_cidr = None
+        if pool6 is not None:
+            ip6, prefixlen6, gateway6 = pool6.allocate(owner)
+            undo.append(lambda: pool6.release(owner))
+            ipv6 = {"ip6": ip6, "prefixLength6": prefixlen6, "gateway6": gateway6}
+            address6_cidr, gateway6_cidr = f"{ip6}/{prefixlen6}", f"{config.gateway6}/{prefixlen6}"
+        links.ensure_bridge(config.bridge, f"{config.gateway}/{prefixlen}", config.mtu, gateway6_cidr)
         if config.masquerade:
             _nat().ensure_masquerade(config.name, config.subnet, config.bridge)
+            if config.subnet6:
+                _nat().ensure_masquerade(config.name, config.subnet6, config.bridge)
         host_ifname = links.host_ifname(owner)
         mac = links.attach(path, config.bridge, host_ifname, "eth0", address_cidr=f"{ip}/{prefixlen}",
-                            gateway=gateway, mtu=config.mtu)
+                            gateway=gateway, mtu=config.mtu, address6_cidr=address6_cidr,
+                            gateway6=ipv6.get("gateway6"))
         undo.append(lambda: links.detach(host_ifname))
         if ports:
             nat = _nat()
@@ -409,13 +483,14 @@ def _setup(state_root: str, run_dir: str, owner: str, config: NetworkConfig | No
         result.update({"mode": "bridge", "network": config.name, "interface": "eth0", "ip": ip,
                        "prefixLength": prefixlen, "gateway": gateway, "mac": mac,
                        "hostInterface": host_ifname, "ports": [p.to_dict() for p in ports]})
+        result.update(ipv6)
     if hostname is not None:
         from hanok.netns import dns
 
         files_dir = _dns_dir(run_dir, owner)
         undo.append(lambda: _remove_tree(files_dir))
         result["hostname"] = hostname
-        result["files"] = dns.write_files(files_dir, hostname, result["ip"])
+        result["files"] = dns.write_files(files_dir, hostname, result["ip"], ip6=result.get("ip6"))
     return result
 
 
@@ -477,9 +552,11 @@ def teardown(state_root: str, run_dir: str, owner: str) -> None:
 
 
 def _release(state_root: str, name: str, owner: str) -> None:
+    """Free the owner's addresses in network `name` (IPv4, and IPv6 on a dual-stack network)."""
     config = _all_networks(state_root).get(name)
     if config is not None:
-        _pool(state_root, config).release(owner)
+        for pool in _pools(state_root, config):
+            pool.release(owner)
 
 
 def _nat_available() -> bool:
@@ -504,7 +581,7 @@ def gc(state_root: str, run_dir: str, is_alive: Callable[[str], bool]) -> dict:
     links = _links()
     host_veths = links.host_veths()
     owners = {owner for owner, _ in _endpoint_records(state_root)}
-    pools = [_pool(state_root, config) for config in _all_networks(state_root).values()]
+    pools = [pool for config in _all_networks(state_root).values() for pool in _pools(state_root, config)]
     for pool in pools:
         owners.update(pool.leases())
     owners.update(n for n in namespace.list_names(run_dir) if ipam.is_owner(n))

@@ -115,3 +115,99 @@ def test_bad_owner_ids_are_refused(pool, owner):
 def test_bad_subnets_are_refused(tmp_path, subnet):
     with pytest.raises(InvalidArgument, match="bad subnet"):
         ipam.Pool(str(tmp_path), "n", subnet)
+
+
+# --- IPv6 ------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def pool6(tmp_path) -> ipam.Pool:
+    return ipam.Pool(str(tmp_path), "testnet", "fd42:1:2:3::/64")   # gateway ::1
+
+
+def test_v6_allocation_is_sequential_from_2_and_idempotent(pool6):
+    assert pool6.dir.endswith(os.path.join("net", "ipam", "testnet", "ipv6"))
+    assert pool6.allocate("a") == ("fd42:1:2:3::2", 64, "fd42:1:2:3::1")
+    assert pool6.allocate("b") == ("fd42:1:2:3::3", 64, "fd42:1:2:3::1")
+    assert pool6.allocate("a") == ("fd42:1:2:3::2", 64, "fd42:1:2:3::1")
+    assert pool6.leases() == {"a": "fd42:1:2:3::2", "b": "fd42:1:2:3::3"}
+    assert sorted(os.listdir(pool6.dir)) == ["fd42:1:2:3::2", "fd42:1:2:3::3", "last_reserved", "lock", "owners",
+                                             "tmp"]
+
+
+def test_v6_release_is_o1_and_not_reused_at_once(pool6):
+    pool6.allocate("a")
+    pool6.allocate("b")
+    assert pool6.release("a") == "fd42:1:2:3::2"
+    assert pool6.release("a") is None
+    assert pool6.allocate("c")[0] == "fd42:1:2:3::4"
+    assert pool6.leases() == {"b": "fd42:1:2:3::3", "c": "fd42:1:2:3::4"}
+
+
+def test_v4_and_v6_pools_of_one_network_do_not_see_each_other(tmp_path):
+    pool4 = ipam.Pool(str(tmp_path), "dual", "10.210.3.0/24")
+    pool6 = ipam.Pool(str(tmp_path), "dual", "fd42::/64")
+    assert pool4.allocate("a")[0] == "10.210.3.2"
+    assert pool6.allocate("a")[0] == "fd42::2"
+    assert pool4.leases() == {"a": "10.210.3.2"} and pool6.leases() == {"a": "fd42::2"}
+    assert pool4.gc(lambda owner: True) == [] and pool6.gc(lambda owner: True) == []
+    assert pool4.release("a") == "10.210.3.2"
+    assert pool6.leases() == {"a": "fd42::2"}
+    assert pool6.gc(lambda owner: False) == ["a"]
+    pool4.remove()                                              # the network's whole address state goes
+    assert not os.path.exists(pool6.dir)
+
+
+def test_v6_small_subnet_is_exhausted_with_the_v4_message(tmp_path):
+    pool = ipam.Pool(str(tmp_path), "small", "fd42::100/120")   # ::1 gateway, ::2 .. ::ff
+    assert pool.subnet == "fd42::100/120" and pool.gateway == "fd42::101"
+    for n in range(254):
+        pool.allocate(f"o{n}")
+    assert pool.leases()["o253"] == "fd42::1ff"                 # the last address is a host address in IPv6
+    with pytest.raises(NetError) as exc:
+        pool.allocate("one-too-many")
+    assert str(exc.value) == "network small: no free address in fd42::100/120"
+    assert "one-too-many" not in pool.leases()
+
+
+def test_v6_search_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(ipam._IPV6, "search_limit", 3)
+    pool = ipam.Pool(str(tmp_path), "wide6", "fd42::/64")
+    for n in range(3):                                          # ::2 ::3 ::4
+        pool.allocate(f"o{n}")
+    pool.release("o0")                                          # ::2 is free, but behind the search window
+    for name in ("fd42::5", "fd42::6", "fd42::7"):
+        with open(os.path.join(pool.dir, name), "w") as f:    # taken by a crashed writer
+            f.write("x")
+    with pytest.raises(NetError) as exc:
+        pool.allocate("late")
+    assert str(exc.value) == "network wide6: no free address in fd42::/64 among the 3 addresses from fd42::5 on"
+    assert "late" not in pool.leases()
+
+
+def test_v6_wraps_to_the_start_after_the_last_address(tmp_path):
+    pool = ipam.Pool(str(tmp_path), "wrap", "fd42::/120")
+    os.makedirs(pool.dir)
+    with open(os.path.join(pool.dir, "last_reserved"), "w") as f:
+        f.write("fd42::ff")
+    assert pool.allocate("a")[0] == "fd42::2"
+
+
+def test_v6_crash_leftovers_are_collected(pool6):
+    pool6.allocate("a")
+    open(os.path.join(pool6.dir, "fd42:1:2:3::3"), "w").close()   # empty lease file
+    with open(os.path.join(pool6.dir, "last_reserved"), "w") as f:
+        f.write("fd42:1:2")                                         # torn write
+    assert pool6.allocate("b")[0] == "fd42:1:2:3::4"
+    assert sorted(pool6.gc(lambda owner: True)) == ["<fd42:1:2:3::3>"]
+    assert pool6.leases() == {"a": "fd42:1:2:3::2", "b": "fd42:1:2:3::4"}
+
+
+@pytest.mark.parametrize("subnet, message", [
+    ("fd42::/48", "prefix length must be 64-120"),
+    ("fd42::/121", "prefix length must be 64-120"),
+    ("fd42:::/64", "want fdXX:XXXX:XXXX:XXXX::/64"),
+    ("fd42::", "want fdXX:XXXX:XXXX:XXXX::/64"),
+])
+def test_bad_v6_subnets_are_refused(tmp_path, subnet, message):
+    with pytest.raises(InvalidArgument, match=f"^bad subnet '{subnet}': {message}$"):
+        ipam.Pool(str(tmp_path), "n", subnet)

@@ -161,6 +161,32 @@ def test_port_commands() -> None:
     ]
 
 
+def test_ipv6_subnet_is_normalized_to_its_network_as_nft_prints_it() -> None:
+    assert nat._subnet6("fd12:3456:0:1::7/64") == "fd12:3456:0:1::/64"
+    assert nat._subnet6("FD12:0000:0000:0000:0000:0000:0000:0100/120") == "fd12::100/120"
+    assert nat._subnet6("2001:db8::/48") == "2001:db8::/48"
+    for bad in ("fd12::", "fd12::/129", "fd12::/x", "fd12:::1/64", "10.88.0.0/16", "fd12::/064x"):
+        with pytest.raises(InvalidArgument, match=f'^subnet "{bad}" is not an IPv6 network such as fd00:1::/64$'):
+            nat._subnet6(bad)
+
+
+def test_ipv6_masquerade_commands() -> None:
+    assert nat._skeleton6_commands("hanok") == [
+        "add table ip6 hanok",
+        "add chain ip6 hanok postrouting { type nat hook postrouting priority srcnat; policy accept; }",
+    ]
+    assert nat._masquerade6_commands("hanok", "dual", "fd12:3456:0:1::/64", "hk-dual") == [
+        'add rule ip6 hanok postrouting ip6 saddr fd12:3456:0:1::/64 oifname != "hk-dual" masquerade '
+        'comment "hanok-network:dual"',
+    ]
+
+
+def test_ipv6_rules_are_deleted_in_their_own_table() -> None:
+    [rule] = nat._parse_listing(json.dumps(LISTING6))
+    assert nat._delete_commands("hanok", [rule], "ip6") == ["delete rule ip6 hanok postrouting handle 3"]
+    assert nat._delete_commands("hanok", [rule]) == ["delete rule ip hanok postrouting handle 3"]
+
+
 # --- reading listings ----------------------------------------------------------------------------------------
 
 # `nft -j list table ip hanok` as libnftables 1.0.6 prints it, plus one rule tagged by someone else
@@ -200,6 +226,27 @@ LISTING = {"nftables": [
         {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 8080}},
         {"dnat": {"addr": "10.88.0.2", "port": 80}}]}},
 ]}
+
+
+# `nft -j list table ip6 hanok` with a dual-stack network's one rule
+LISTING6 = {"nftables": [
+    {"table": {"family": "ip6", "name": "hanok", "handle": 7}},
+    {"chain": {"family": "ip6", "table": "hanok", "name": "postrouting", "handle": 1, "type": "nat",
+               "hook": "postrouting", "prio": 100, "policy": "accept"}},
+    {"rule": {"family": "ip6", "table": "hanok", "chain": "postrouting", "handle": 3,
+              "comment": "hanok-network:dual", "expr": [
+                  {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}},
+                             "right": {"prefix": {"addr": "fd12:3456:0:1::", "len": 64}}}},
+                  {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": "hk-dual"}},
+                  {"masquerade": None}]}},
+]}
+
+
+def test_ipv6_listing_yields_the_facts_ensure_masquerade_compares() -> None:
+    [rule] = nat._parse_listing(json.dumps(LISTING6))
+    assert (rule.chain, rule.handle, rule.tag, rule.kind) == ("postrouting", 3, "hanok-network:dual", "masquerade")
+    assert rule.facts == {"saddr": "fd12:3456:0:1::/64", "oifname": "hk-dual", "oifname_op": "!="}
+    assert rule.facts["saddr"] == nat._subnet6("fd12:3456:0:1::/64")
 
 
 def test_listing_yields_tagged_rules_with_their_facts() -> None:
