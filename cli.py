@@ -1453,11 +1453,18 @@ def hanok_cli():  # -> click.Group
     def pod_group() -> None:
         """Pods for node agents: a sandbox of shared network, IPC and UTS namespaces, and its containers.
 
+        A pod is named by its Kubernetes namespace and name. POD is its id (or
+        a unique prefix), NAMESPACE/NAME, or NAME: the pod of that name in
+        "default", else in the only namespace that has one.
+        Pods of the namespace "default" are plain NAME and their containers
+        NAME-CONTAINER; elsewhere the containers are NAMESPACE_NAME-CONTAINER.
+
         \b
         Example:
           hanok pod run -f pod.yaml --json
           hanok pod ls
           hanok pod rm -f web
+          hanok pod inspect kube-system/dns
         """
 
     @pod_group.command("run")
@@ -1467,7 +1474,8 @@ def hanok_cli():  # -> click.Group
                   help="a CRI PodSandboxConfig (JSON or YAML, crictl's field names): the sandbox only")
     @click.option("--network", "--net", "network", default="bridge", show_default=True,
                   help="bridge (the default network), none, or a network name")
-    @click.option("--json", "as_json", is_flag=True, help='print {"id", "name", "ip", "containers": [{"name", "id"}]}')
+    @click.option("--json", "as_json", is_flag=True,
+                  help='print {"id", "name", "namespace", "ip", "ip6", "containers": [{"name", "id"}]}')
     @pass_app
     def pod_run_cmd(app: Application, manifest: str | None, config_path: str | None, network: str,
                     as_json: bool) -> None:
@@ -1494,7 +1502,9 @@ def hanok_cli():  # -> click.Group
             plan = pods.pod_from_sandbox_config(pods.load_document(config_path))  # type: ignore[arg-type]
             target, containers = app.engine.pods.create_sandbox(plan, network), []
         if as_json:
-            echo_json({"id": target.id, "name": target.name, "ip": (target.record.get("network") or {}).get("ip"),
+            endpoint = target.record.get("network") or {}
+            echo_json({"id": target.id, "name": target.name, "namespace": target.namespace,
+                       "ip": endpoint.get("ip"), "ip6": endpoint.get("ip6"),
                        "containers": [{"name": c.name, "id": c.id} for c in containers]})
         else:
             click.echo(target.id)
@@ -1526,10 +1536,10 @@ def hanok_cli():  # -> click.Group
             for r in rows:
                 click.echo(r["id"] if no_trunc else r["id"][:12])
             return
-        table = [("POD ID", "NAME", "STATUS", "CREATED", "IP", "CONTAINERS")]
+        table = [("POD ID", "NAMESPACE", "NAME", "STATUS", "CREATED", "IP", "CONTAINERS")]
         for r in rows:
             running = sum(1 for c in r["containers"] if c["state"] == "running")
-            table.append((r["id"] if no_trunc else r["id"][:12], r["name"], r["state"].capitalize(),
+            table.append((r["id"] if no_trunc else r["id"][:12], r["namespace"], r["name"], r["state"].capitalize(),
                           ago(r["created"]), r["ip"] or "", f"{running}/{len(r['containers'])}"))
         click.echo(_table(table))
 
@@ -1542,6 +1552,7 @@ def hanok_cli():  # -> click.Group
         \b
         Example:
           hanok pod inspect web
+          hanok pod inspect kube-system/dns
         """
         echo_json([app.engine.pods.inspect(ref) for ref in pods])
 
@@ -1594,12 +1605,13 @@ def hanok_cli():  # -> click.Group
             raise click.BadParameter(f"{tail!r}: expected a number or all", param_hint="--tail")
         members = target.containers()
         if container is not None:
-            members = [c for c in members if c.name == f"{target.name}-{container}"]
+            members = [c for c in members if c.name == target.container_name(container)]
             if not members:
-                raise NotFound(f"pod {target.name} has no container {container}")
+                raise NotFound(f"pod {target.ref} has no container {container}")
         elif len(members) != 1:
-            names = ", ".join(sorted(c.name[len(target.name) + 1:] for c in members)) or "none"
-            raise click.UsageError(f"pod {target.name} has {len(members)} containers ({names}): choose one with -c")
+            prefix = len(target.container_name(""))
+            names = ", ".join(sorted(c.name[prefix:] for c in members)) or "none"
+            raise click.UsageError(f"pod {target.ref} has {len(members)} containers ({names}): choose one with -c")
         c = members[0]
 
         logs.show(logs.read(c.path("ctr.log"), tail=None if tail == "all" else int(tail),

@@ -287,7 +287,7 @@ class Engine:
         if opts.pod is not None:
             pod = self.pods.get(opts.pod)
             if not pod.ready():
-                raise BadState(f"pod {pod.name} is not ready (stopped): its containers cannot start")
+                raise BadState(f"pod {pod.ref} is not ready (stopped): its containers cannot start")
             if opts.publish:
                 raise InvalidArgument("--publish: a pod's ports are published by the pod (hostPort), "
                                       "not by its containers")
@@ -342,7 +342,7 @@ class Engine:
         if opts.pod is not None:  # the pod's namespace: set up by the pod, released with it
             pod = self.pods.get(opts.pod)
             if not pod.ready():
-                raise BadState(f"pod {pod.name} is not ready (stopped): its containers cannot start")
+                raise BadState(f"pod {pod.ref} is not ready (stopped): its containers cannot start")
             return {**(pod.record.get("network") or {}), "netns": pod.namespace_paths()["network"],
                     "joined": pod.id}
         mode = opts.network
@@ -391,7 +391,7 @@ class Engine:
                     "/etc/resolv.conf": c.path("etc", "resolv.conf")}
         from hanok.netns import dns
 
-        files = dns.write_files(c.path("etc"), hostname, net.get("ip") or "127.0.1.1")
+        files = dns.write_files(c.path("etc"), hostname, net.get("ip") or "127.0.1.1", ip6=net.get("ip6"))
         dns_config = self.pods.get(c.options.pod).record.get("dnsConfig") if c.options.pod is not None else None
         if dns_config:  # a node agent's cluster DNS (CRI dns_config) replaces the host's resolvers
             from hanok.runtime.pod import resolv_conf
@@ -920,7 +920,7 @@ def record_ids(owners_dir: str, record: str) -> list[str]:
 
 
 def resolve_ref(ref: str, kind: str, owners_dir: str, names_dir: str, record: str) -> str:
-    """A container's or pod's id from its name, full id, or an unambiguous id prefix (docker's rules)."""
+    """A container's id from its name, full id, or an unambiguous id prefix (docker's rules)."""
     if not ref:
         raise InvalidArgument(f"a {kind} name or id is required")
     if NAME_CHARS.issuperset(ref) and ref[0] in NAME_FIRST:

@@ -17,7 +17,24 @@ On disk (`store` = /var/lib/hanok):
 
     store/pods/<id>/pod.json          what was asked for (written once, last of the sandbox)
     store/pods/<id>/volumes/<name>/   emptyDir volumes, removed with the pod
-    store/pods/names/<name> -> <id>   a symlink: creating it with O_EXCL makes names unique
+    store/pods/names/<key> -> <id>    a symlink: creating it with O_EXCL makes (namespace, name) unique
+
+A pod's identity is its Kubernetes (namespace, name), as for the CRI (whose
+sandboxes add the attempt to the name: `web.1`). Pods of the namespace
+"default" keep the short forms everything used before namespaces counted;
+other namespaces prefix `NAMESPACE_` to what is made from the name, and '_'
+is in no pod, namespace or container name, so nothing can collide:
+
+                         namespace "default"    namespace "shop"
+    pod reference        web (or default/web)   shop/web
+    names/ link key      web                    shop_web
+    container names      web-app                shop_web-app      (CRI attempt 1: web-app.1, shop_web-app.1)
+
+A reference (`hanok pod inspect|stop|rm|logs REF`, `--pod REF`) is a full id,
+NAMESPACE/NAME, a NAME (the pod of that name in "default", as kubectl reads
+it, else the one namespace that has it; else a one-line error lists the
+qualified names), or an unambiguous id prefix, in that order. So a script
+that says `web` keeps meaning default/web when a shop/web appears.
 
 Status is derived, never stored: "ready" while the sandbox's namespaces are
 bound, "notready" after `stop` (or a reboot, which empties run/). The pod's
@@ -49,8 +66,48 @@ if TYPE_CHECKING:
 RECORD = "pod.json"
 NSFS_MAGIC = 0x6E736673
 SHARED_NAMESPACES = ("ipc", "uts")
-DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-POD_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")  # \Z: '$' would let a trailing newline in
+POD_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?\Z")
+DEFAULT_NAMESPACE = "default"
+_HEX = frozenset("0123456789abcdef")
+
+
+# ====================================================================== names
+
+
+def qualified_name(namespace: str, name: str) -> str:
+    """How a pod is shown and referred to: NAME in the default namespace, NAMESPACE/NAME elsewhere."""
+    return name if namespace == DEFAULT_NAMESPACE else f"{namespace}/{name}"
+
+
+def _namespace_prefix(namespace: str) -> str:
+    """What names made from a pod's name start with: nothing in the default namespace, NAMESPACE_ elsewhere."""
+    return "" if namespace == DEFAULT_NAMESPACE else f"{namespace}_"
+
+
+def container_name(namespace: str, pod_name: str, container: str) -> str:
+    """The engine name of a pod's container: `web-app` in the default namespace, `shop_web-app` elsewhere."""
+    return f"{_namespace_prefix(namespace)}{pod_name}-{container}"
+
+
+def _link_key(namespace: str, name: str) -> str:
+    """The pod's entry in names/: `web`, or `shop_web` outside the default namespace."""
+    return _namespace_prefix(namespace) + name
+
+
+def _split_link_key(key: str) -> tuple[str, str]:
+    """names/ entry -> (namespace, name); the inverse of _link_key."""
+    namespace, underscore, name = key.partition("_")
+    return (namespace, name) if underscore else (DEFAULT_NAMESPACE, key)
+
+
+def _namespace_of(meta: dict) -> str:
+    """metadata.namespace, checked: it becomes part of file and container names."""
+    namespace = meta.get("namespace") or DEFAULT_NAMESPACE  # "": Kubernetes' (and protobuf's) "not set"
+    if not DNS_LABEL.match(namespace):
+        raise InvalidArgument(f"metadata.namespace: {_shown(namespace)} is not a valid namespace "
+                              "(a DNS label: lower-case letters, digits and '-')")
+    return namespace
 
 
 # ====================================================================== quantities
@@ -320,7 +377,7 @@ def pod_from_manifest(document: object) -> PodPlan:
     if not POD_NAME.match(meta["name"]):
         raise InvalidArgument(f"metadata.name: {_shown(meta['name'])} is not a valid pod name "
                               f"(lower case letters, digits, '-' and '.')")
-    plan = PodPlan(name=meta["name"], namespace=meta.get("namespace", "default"), uid=meta.get("uid", ""),
+    plan = PodPlan(name=meta["name"], namespace=_namespace_of(meta), uid=meta.get("uid", ""),
                    labels=meta.get("labels", {}), annotations=meta.get("annotations", {}),
                    hostname=spec.get("hostname") or meta["name"][:63],
                    restart_policy=spec.get("restartPolicy", "Always"))
@@ -482,7 +539,7 @@ def pod_from_sandbox_config(document: object) -> PodPlan:
             raise NotSupported(f"linux.security_context.namespace_options.{kind}: only POD (0) is supported")
     if modes.get("pid", 1) != 1:
         raise NotSupported("linux.security_context.namespace_options.pid: only CONTAINER (1) is supported")
-    plan = PodPlan(name=_attempt_name(meta["name"], meta.get("attempt", 0)), namespace=meta.get("namespace", "default"),
+    plan = PodPlan(name=_attempt_name(meta["name"], meta.get("attempt", 0)), namespace=_namespace_of(meta),
                    uid=meta.get("uid", ""), labels=doc.get("labels", {}), annotations=doc.get("annotations", {}),
                    hostname=doc.get("hostname") or meta["name"][:63], cgroup_parent=linux.get("cgroup_parent"),
                    log_directory=doc.get("log_directory"))
@@ -568,8 +625,9 @@ def container_from_cri_config(document: object, pod: dict) -> tuple[RunOptions, 
         raise InvalidArgument(f"working_dir: {_shown(workdir)} is not an absolute path")
     options = RunOptions(
         image=doc["image"]["image"], entrypoint=doc.get("command") or None, command=doc.get("args", []), env=env,
-        workdir=workdir, user=user, name=_attempt_name(f"{pod['name']}-{name}", doc["metadata"].get("attempt", 0)),
-        hostname=pod["hostname"], volumes=volumes,
+        workdir=workdir, user=user, hostname=pod["hostname"], volumes=volumes,
+        name=_attempt_name(container_name(pod.get("namespace") or DEFAULT_NAMESPACE, pod["name"], name),
+                           doc["metadata"].get("attempt", 0)),
         network="pod", memory=str(res["memory_limit_in_bytes"]) if res.get("memory_limit_in_bytes") else None,
         cpus=cpus, cpu_shares=res.get("cpu_shares") or None, read_only=bool(security.get("readonly_rootfs")),
         no_new_privileges=bool(security.get("no_new_privs")), cap_add=list(caps.get("add_capabilities", [])),
@@ -676,6 +734,20 @@ class Pod:
         return self.record["name"]
 
     @property
+    def namespace(self) -> str:
+        """The Kubernetes namespace (records always hold one; "default" when the manifest had none)."""
+        return self.record.get("namespace") or DEFAULT_NAMESPACE
+
+    @property
+    def ref(self) -> str:
+        """How messages name the pod and how a person refers to it: NAME or NAMESPACE/NAME."""
+        return qualified_name(self.namespace, self.name)
+
+    def container_name(self, container: str) -> str:
+        """The engine name of this pod's container called `container` in the manifest."""
+        return container_name(self.namespace, self.name, container)
+
+    @property
     def ns_dir(self) -> str:
         return os.path.join(self.pods.run_pods_dir, self.id, "ns")
 
@@ -722,10 +794,67 @@ class Pods:
         return [Pod(self, pid) for pid in self.ids()]
 
     def get(self, ref: str) -> Pod:
-        """By name, full id, or an unambiguous id prefix."""
-        from hanok.runtime.engine import resolve_ref
+        """By full id, NAMESPACE/NAME, NAME (default's, else the only one), or an unambiguous id prefix.
 
-        return Pod(self, resolve_ref(ref, "pod", self.pods_dir, self.names_dir, RECORD))
+        A full id is tried first: it is what the engine passes for every
+        container start (one stat, no directory listing).
+        """
+        if not ref:
+            raise InvalidArgument("a pod name or id is required")
+        hexadecimal = _HEX.issuperset(ref)  # and so no '/' or '..' that would leave pods/
+        if hexadecimal and len(ref) == 64 and self._recorded(ref):
+            return Pod(self, ref)
+        if "/" in ref:
+            namespace, _, name = ref.partition("/")
+            # checked before they become a path: `../x` must not reach readlink
+            pod_id = (self._linked(_link_key(namespace, name))
+                      if DNS_LABEL.match(namespace) and POD_NAME.match(name) else None)
+            if pod_id is None:
+                raise NotFound(f"no such pod: {ref}")
+            return Pod(self, pod_id)
+        pod_id = self._linked(_link_key(DEFAULT_NAMESPACE, ref)) if POD_NAME.match(ref) else None
+        if pod_id is not None:
+            return Pod(self, pod_id)
+        named = self._named(ref)
+        if len(named) == 1:
+            return Pod(self, named[0][1])
+        if named:
+            listed = ", ".join(f"{namespace}/{ref}" for namespace, _ in named)
+            raise InvalidArgument(f'pod name "{ref}" is ambiguous: {listed} (give NAMESPACE/NAME or the id)')
+        if hexadecimal:
+            matches = [i for i in self.ids() if i.startswith(ref)]
+            if len(matches) == 1:
+                return Pod(self, matches[0])
+            if matches:
+                raise InvalidArgument(f"pod id prefix {ref!r} is ambiguous ({len(matches)} pods)")
+        raise NotFound(f"no such pod: {ref}")
+
+    def _recorded(self, pod_id: str) -> bool:
+        """A pod with this id exists (its record is written last: a sandbox being made does not count)."""
+        return os.path.isfile(os.path.join(self.pods_dir, pod_id, RECORD))
+
+    def _linked(self, key: str) -> str | None:
+        """The id names/<key> points to, when that pod exists."""
+        try:
+            pod_id = os.readlink(os.path.join(self.names_dir, key))
+        except OSError:
+            return None
+        return pod_id if self._recorded(pod_id) else None
+
+    def _named(self, name: str) -> list[tuple[str, str]]:
+        """(namespace, id) of every existing pod called `name`, by namespace."""
+        try:
+            keys = os.listdir(self.names_dir)
+        except FileNotFoundError:
+            return []
+        found = []
+        for key in keys:
+            namespace, key_name = _split_link_key(key)
+            if key_name == name:
+                pod_id = self._linked(key)
+                if pod_id is not None:
+                    found.append((namespace, pod_id))
+        return sorted(found)
 
     def live_ids(self) -> set[str]:
         """Pods whose sandbox is up: their network endpoints are not garbage."""
@@ -733,15 +862,18 @@ class Pods:
 
     # ------------------------------------------------------------ create
 
-    def _claim_name(self, name: str, pod_id: str) -> None:
-        """Take `name` for the pod and make its directory, under the names lock (engine.claim_link)."""
+    def _claim_name(self, namespace: str, name: str, pod_id: str) -> str:
+        """Take (namespace, name) for the pod and make its directory, under the names lock
+        (engine.claim_link); the names/ entry taken."""
         from hanok.runtime.engine import claim_link, name_lock
 
+        key = _link_key(namespace, name)
         with name_lock(self.names_dir):
-            if not claim_link(self.names_dir, name, pod_id, self.pods_dir):
-                owner = os.readlink(os.path.join(self.names_dir, name))
-                raise Exists(f'the pod name "{name}" is already in use by pod {owner[:12]}')
+            if not claim_link(self.names_dir, key, pod_id, self.pods_dir):
+                owner = os.readlink(os.path.join(self.names_dir, key))
+                raise Exists(f'the pod name "{qualified_name(namespace, name)}" is already in use by pod {owner[:12]}')
             os.mkdir(os.path.join(self.pods_dir, pod_id), 0o700)
+        return key
 
     def create_sandbox(self, plan: PodPlan, network: str = "bridge") -> Pod:
         """The pod's namespaces, cgroup, network endpoint, volumes and record; all undone on failure."""
@@ -764,8 +896,8 @@ class Pods:
         try:
             self.engine.store.prepare()
             os.makedirs(self.pods_dir, exist_ok=True)
-            self._claim_name(plan.name, pod_id)
-            undo.append(lambda: os.unlink(os.path.join(self.names_dir, plan.name)))
+            link = os.path.join(self.names_dir, self._claim_name(plan.namespace, plan.name, pod_id))
+            undo.append(lambda: os.unlink(link))
             undo.append(lambda: _rmtree(pod_dir))
             # a CRI cgroup_parent is the pod's cgroup (its containers go right under it, as
             # with containerd); it may be the node agent's: see _destroy_cgroup
@@ -823,7 +955,7 @@ class Pods:
         container's CRI-format log (rotation renames behind the same name).
         """
         if not pod.ready():
-            raise BadState(f"pod {pod.name} is not ready (stopped): remove it and run it again")
+            raise BadState(f"pod {pod.ref} is not ready (stopped): remove it and run it again")
         options.pod = pod.id
         options.network = "pod"
         options.hostname = pod.record["hostname"]
@@ -853,7 +985,7 @@ class Pods:
         try:
             sources = self.volume_sources(pod)
             for cp in plan.containers:
-                options = cp.options.replace(name=f"{plan.name}-{cp.name}", volumes=[
+                options = cp.options.replace(name=container_name(plan.namespace, plan.name, cp.name), volumes=[
                     f"{sources[vol]}:{path}:{'ro' if ro else 'rw'}" for vol, path, ro in cp.mounts])
                 made.append(self.create_container(pod, options, pull=cp.pull))
             for c in made:
@@ -911,7 +1043,7 @@ class Pods:
         containers = pod.containers()
         running = sorted(c.name for c in containers if c.status()["running"])
         if running and not force:
-            raise BadState(f"cannot remove pod {pod.name}: containers {', '.join(running)} are running "
+            raise BadState(f"cannot remove pod {pod.ref}: containers {', '.join(running)} are running "
                            f"(stop it first, or use -f)")
         for c in containers:
             with contextlib.suppress(NotFound):
@@ -919,7 +1051,7 @@ class Pods:
         self._release_sandbox(pod)
         cgroup = cgroups.manager(pod.cgroup_path, pod.id)
         _destroy_cgroup(cgroup, pod.record.get("cgroupCreated") or [], raise_errors=True)
-        link = os.path.join(self.names_dir, pod.name)
+        link = os.path.join(self.names_dir, _link_key(pod.namespace, pod.name))
         with contextlib.suppress(OSError):
             if os.readlink(link) == pod.id:
                 os.unlink(link)

@@ -118,7 +118,6 @@ apiVersion: v1
 kind: Pod
 metadata:
   name: web
-  namespace: shop
   labels: {{app: web}}
 spec:
   hostname: webhost
@@ -150,7 +149,8 @@ def test_a_two_container_pod_as_a_node_agent_runs_it(hanok: Hanok, net: dict[str
     host_port = 18000 + int.from_bytes(os.urandom(2), "big") % 1000
     manifest = write(tmp_path, "pod.yaml", TWO_CONTAINERS.format(image=IMAGE, host_port=host_port))
     out = json.loads(hanok.ok("pod", "run", "--network", net["name"], "-f", manifest, "--json"))
-    assert sorted(out) == ["containers", "id", "ip", "name"] and out["name"] == "web"
+    assert sorted(out) == ["containers", "id", "ip", "ip6", "name", "namespace"] and out["ip6"] is None
+    assert (out["name"], out["namespace"]) == ("web", "default")  # the default namespace: names as they always were
     assert re.fullmatch(r"[0-9a-f]{64}", out["id"])
     assert out["ip"].startswith(net["subnet"].rsplit(".", 1)[0] + ".")
     assert [c["name"] for c in out["containers"]] == ["web-server", "web-client"]
@@ -160,7 +160,7 @@ def test_a_two_container_pod_as_a_node_agent_runs_it(hanok: Hanok, net: dict[str
     assert hanok.ok("pod", "ls", "-q") == out["id"][:12] + "\n"
     (row,) = json.loads(hanok.ok("pod", "ls", "--json"))
     assert (row["id"], row["name"], row["namespace"], row["state"], row["ip"], row["hostname"], row["labels"]) == (
-        out["id"], "web", "shop", "ready", out["ip"], "webhost", {"app": "web"})
+        out["id"], "web", "default", "ready", out["ip"], "webhost", {"app": "web"})
     assert sorted((c["name"], c["state"]) for c in row["containers"]) == [("web-client", "running"),
                                                                           ("web-server", "running")]
     members = in_pod(hanok, "web")

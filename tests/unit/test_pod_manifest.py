@@ -192,6 +192,20 @@ def test_yaml_empty_values_are_absent_fields(tmp_path: Path) -> None:
     ("kind", "Deployment", 'kind: "Deployment" is not supported (only Pod)'),
     ("spec.containers.0.name", "App", 'spec.containers[0].name: "App" is not a valid container name '
                                       "(lower case letters, digits and '-')"),
+    ("metadata.namespace", "Bad_NS", 'metadata.namespace: "Bad_NS" is not a valid namespace '
+                                     "(a DNS label: lower-case letters, digits and '-')"),
+    ("metadata.namespace", "a/b", 'metadata.namespace: "a/b" is not a valid namespace '
+                                  "(a DNS label: lower-case letters, digits and '-')"),
+    ("metadata.namespace", "shop.eu", 'metadata.namespace: "shop.eu" is not a valid namespace '
+                                      "(a DNS label: lower-case letters, digits and '-')"),
+    ("metadata.namespace", "shop\n", 'metadata.namespace: "shop\\n" is not a valid namespace '
+                                      "(a DNS label: lower-case letters, digits and '-')"),
+    ("metadata.namespace", "x" * 64, f'metadata.namespace: "{"x" * 64}" is not a valid namespace '
+                                     "(a DNS label: lower-case letters, digits and '-')"),
+    ("metadata.namespace", 7, "metadata.namespace: expected a string, got 7"),
+    ("metadata.namespace", "x" * 63, None),
+    ("metadata.name", "web\n", 'metadata.name: "web\\n" is not a valid pod name '
+                               "(lower case letters, digits, '-' and '.')"),
 ])
 def test_invalid_manifests_name_the_field(path: str, value: object, message: str | None) -> None:
     doc = manifest_with(path, value)
@@ -284,6 +298,9 @@ def test_sandbox_config_accepts_camel_case_but_not_in_maps() -> None:
      "linux.sysctls: sandbox sysctls are not supported", NotSupported),
     ({"metadata": {"name": "s"}, "linux": {"security_context": {"privileged": True}}},
      "linux.security_context.privileged: privileged sandboxes are not supported", NotSupported),
+    ({"metadata": {"name": "s", "namespace": "Kube_System"}},
+     'metadata.namespace: "Kube_System" is not a valid namespace (a DNS label: lower-case letters, digits and \'-\')',
+     InvalidArgument),
 ])
 def test_bad_sandbox_configs(doc: dict, message: str, kind: type[Exception]) -> None:
     with pytest.raises(kind) as e:
@@ -373,9 +390,40 @@ def test_a_group_alone_is_applied_to_the_images_user() -> None:
 
 def test_later_attempts_get_their_own_names() -> None:
     """A kubelet creates attempt 1 before it removes attempt 0: the names must not collide."""
-    again = copy.deepcopy(CONTAINER)
+    again: dict = copy.deepcopy(CONTAINER)
     again["metadata"]["attempt"] = 1
     assert pod.container_from_cri_config(again, POD_RECORD)[0].name == "nginx-sandbox-app.1"
-    sandbox = copy.deepcopy(SANDBOX)
+    sandbox: dict = copy.deepcopy(SANDBOX)
     sandbox["metadata"]["attempt"] = 2
     assert pod.pod_from_sandbox_config(sandbox).name == sandbox["metadata"]["name"] + ".2"
+
+
+# ------------------------------------------------------------------ namespaces
+
+
+def test_an_empty_namespace_is_the_default_one() -> None:
+    assert pod.pod_from_manifest(manifest_with("metadata.namespace", "")).namespace == "default"
+    assert pod.pod_from_sandbox_config({"metadata": {"name": "s", "namespace": ""}}).namespace == "default"
+    assert pod.pod_from_sandbox_config({"metadata": {"name": "s"}}).namespace == "default"
+
+
+def test_pods_outside_the_default_namespace_qualify_their_containers_names() -> None:
+    """The engine names of a pod's containers carry the namespace, except in "default" (unchanged)."""
+    assert (pod.qualified_name("default", "web"), pod.qualified_name("shop", "web")) == ("web", "shop/web")
+    assert (pod.container_name("default", "web", "app"), pod.container_name("shop", "web", "app")) == (
+        "web-app", "shop_web-app")
+    shop = {**POD_RECORD, "namespace": "shop"}
+    assert pod.container_from_cri_config(copy.deepcopy(CONTAINER), shop)[0].name == "shop_nginx-sandbox-app"
+    again: dict = copy.deepcopy(CONTAINER)
+    again["metadata"]["attempt"] = 1
+    assert pod.container_from_cri_config(again, shop)[0].name == "shop_nginx-sandbox-app.1"
+    assert pod.container_from_cri_config(again, {**POD_RECORD, "namespace": "default"})[0].name == (
+        "nginx-sandbox-app.1")
+
+
+def test_link_keys_round_trip_and_never_collide() -> None:
+    """'_' is in no pod or namespace name: a key says which (namespace, name) it is."""
+    pairs = [("default", "web"), ("shop", "web"), ("a", "b.web"), ("a-b", "web"), ("1", "web.1")]
+    keys = [pod._link_key(namespace, name) for namespace, name in pairs]
+    assert keys == ["web", "shop_web", "a_b.web", "a-b_web", "1_web.1"]
+    assert [pod._split_link_key(key) for key in keys] == pairs
