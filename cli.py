@@ -1133,6 +1133,8 @@ def hanok_cli():  # -> click.Group
                 rows.append(app.engine.summary(c))
             except NotFound:  # removed while we looked
                 continue
+            except HanokError as e:  # a corrupt record: the others are still listed (JSON stays on stdout)
+                click.echo(f"hanok: {e}", err=True)
         if not show_all:
             rows = [r for r in rows if r["state"] in ("running", "paused")]
         rows.sort(key=lambda r: r["created"], reverse=True)
@@ -1604,13 +1606,15 @@ def hanok_cli():  # -> click.Group
         if tail != "all" and not tail.isdigit():
             raise click.BadParameter(f"{tail!r}: expected a number or all", param_hint="--tail")
         members = target.containers()
+        # pods made before namespaces were part of names called their containers POD-CONTAINER everywhere
+        prefixes = (target.container_name(""), f"{target.name}-")
         if container is not None:
-            members = [c for c in members if c.name == target.container_name(container)]
+            members = [c for c in members if c.name in {prefix + container for prefix in prefixes}]
             if not members:
                 raise NotFound(f"pod {target.ref} has no container {container}")
         elif len(members) != 1:
-            prefix = len(target.container_name(""))
-            names = ", ".join(sorted(c.name[prefix:] for c in members)) or "none"
+            names = ", ".join(sorted(next((c.name[len(p):] for p in prefixes if c.name.startswith(p)), c.name)
+                                     for c in members)) or "none"
             raise click.UsageError(f"pod {target.ref} has {len(members)} containers ({names}): choose one with -c")
         c = members[0]
 

@@ -217,9 +217,9 @@ class BackgroundSetup:
     with a second thread: EUSERS).
     """
 
-    def __init__(self, manager: "Manager", resources: dict, inline: bool = False):
-        """`manager.can_enter_self`: no warm-up, as the init moves itself (see V1Manager.enter_self);
-        a warm-up would even hold up that move, as it holds cgroup_mutex through the grace period."""
+    def __init__(self, manager: "Manager", resources: dict, inline: bool = False, warm_up: bool = True):
+        """`warm_up=False` where the init moves itself (see V1Manager.enter_self): a warm-up would
+        even hold that move up, as it holds cgroup_mutex through the grace period."""
         import _thread
 
         from hanok.runtime import explain
@@ -232,7 +232,7 @@ class BackgroundSetup:
             return
         self._done = _thread.allocate_lock()
         self._done.acquire()
-        _thread.start_new_thread(self._run, (manager, resources, not manager.can_enter_self))
+        _thread.start_new_thread(self._run, (manager, resources, warm_up))
 
     def _run(self, manager: "Manager", resources: dict, warm_up: bool) -> None:
         try:

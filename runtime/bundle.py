@@ -380,8 +380,8 @@ def image_spec(image_config: dict, layer_dirs_top_first: list[str], opts: RunOpt
         resources.setdefault("memory", {})["reservation"] = parse_size(opts.memory_reservation,
                                                                        "--memory-reservation")
     if opts.cpus is not None:
-        if opts.cpus <= 0:
-            raise InvalidArgument(f"--cpus {opts.cpus}: must be positive")
+        if not 0 < opts.cpus < float("inf"):  # also refuses nan, which fails every comparison
+            raise InvalidArgument(f"--cpus {opts.cpus}: must be a positive number")
         resources["cpu"] = {"quota": int(opts.cpus * CPU_PERIOD), "period": CPU_PERIOD}
     if opts.cpu_shares is not None:
         if not 2 <= opts.cpu_shares <= 262144:

@@ -59,8 +59,10 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
         if cfg.process.get("terminal") and not console_socket and console_fd is None:
             raise HanokError("process.terminal is true but no --console-socket was given to receive the terminal")
         cgroup = cgroups.manager(cfg.cgroups_path, container_id, systemd=systemd_cgroup)
+        # the init moves itself in (fast) unless a user namespace makes us move its parent for it
+        self_enter = cgroup.can_enter_self and "user" not in cfg.namespaces
         cgroup_setup = cgroups.BackgroundSetup(cgroup, cfg.resources,  # see there: hides ~10 ms
-                                               inline="time" in cfg.namespaces)
+                                               inline="time" in cfg.namespaces, warm_up=not self_enter)
         saved = {"process": cfg.process, "namespaces": cfg.namespaces, "seccomp": cfg.seccomp,
                  "hooks": {k: v for k, v in cfg.hooks.items() if k in ("poststart", "poststop")}}
         state.write_atomic(os.path.join(cdir, state.CONFIG_FILE), jsonio.dumps(saved).encode(), durable=False)
@@ -85,7 +87,7 @@ def create(root: str, container_id: str, bundle: str, *, pid_file: str | None = 
                          state_json=hook_state)
         if "user" in cfg.namespaces:
             init_pid = _fork_via_intermediate(cfg, sync, dir_fd, init_args, cgroup)
-        elif cgroup.can_enter_self:  # the init moves itself, first thing (see V1Manager.enter_self)
+        elif self_enter:  # the init moves itself, first thing (see V1Manager.enter_self)
             init_pid = _fork_init(cfg, sync, dir_fd, dict(init_args, wait_for_cgroup=False, enter_cgroup=cgroup))
             our_child = True
         else:

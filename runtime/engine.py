@@ -324,9 +324,9 @@ class Engine:
                 "hostname": opts.hostname or cid[:12],
                 "options": opts.to_dict(),
             }
-            # durable, as a container outlives a reboot; except a --rm one, which would not
-            state.write_atomic(os.path.join(cdir, RECORD), jsonio.dumps(record).encode(), 0o644,
-                               durable=not opts.auto_remove)
+            # durable: a container outlives a reboot (a --rm one too, if it was running at a power
+            # loss: an unsynced new file could come back empty)
+            state.write_atomic(os.path.join(cdir, RECORD), jsonio.dumps(record).encode(), 0o644)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.names_dir, name))
@@ -701,8 +701,11 @@ class Engine:
                 os.unlink(c.path(RUN))
 
     def remove(self, ref: str, force: bool = False) -> Container:
-        """docker rm: a running container only with `force` (killed first)."""
+        """docker rm: a running container only with `force` (killed first), or with a corrupt record."""
         c = self.get(ref)
+        if force and self._record_corrupt(c):
+            self._remove_corrupt(c)
+            return c
         for _ in range(3):
             if c.status()["running"]:
                 if not force:
@@ -724,6 +727,36 @@ class Engine:
             remove_owner_dir(c.dir)
             return c
         raise BadState(f"cannot remove container {c.name}: it keeps being started")
+
+    def _record_corrupt(self, c: Container) -> bool:
+        try:
+            c.record
+        except NotFound:
+            return False
+        except HanokError:
+            return True
+        return False
+
+    def _remove_corrupt(self, c: Container) -> None:
+        """A container whose record cannot be read (a power loss, a hand edit): everything that may
+        exist for its id is released, best effort, then its directory and name links go."""
+        from hanok.images import overlay
+        from hanok.netns import network
+        from hanok.runtime import container
+
+        with c.lock():
+            for undo in (lambda: container.delete(self.oci_root, c.id, force=True),
+                         lambda: network.teardown(self.store_root, self.run_root, c.id),
+                         lambda: overlay.unmount(c.rootfs), lambda: os.unlink(c.path(RECORD))):
+                with contextlib.suppress(HanokError, OSError):
+                    undo()
+            with contextlib.suppress(OSError):
+                for name in os.listdir(self.names_dir):
+                    link = os.path.join(self.names_dir, name)
+                    with contextlib.suppress(OSError):
+                        if os.readlink(link) == c.id:
+                            os.unlink(link)
+        remove_owner_dir(c.dir)
 
     # ------------------------------------------------------------ exec
 
@@ -778,7 +811,8 @@ class Engine:
         """Finish what crashed commands left behind; returns what was done.
 
         - containers not running whose root, network or runtime state is still
-          set up (their monitor or CLI was killed): released; --rm ones removed
+          set up (their monitor or CLI was killed): released; --rm ones removed;
+          containers whose record is corrupt (a power loss, a hand edit): removed
         - directories without container.json and name links to nothing, older
           than `grace_seconds` (younger ones may be a create in progress)
         - runtime states without a container, network endpoints, leases,
@@ -789,6 +823,11 @@ class Engine:
         report: dict[str, list[str]] = {"released": [], "removed": [], "halfMade": [], "names": [],
                                         "runtimeStates": [], "network": []}
         for c in self.containers():
+            if self._record_corrupt(c):  # records are renamed into place whole: this never heals
+                with contextlib.suppress(HanokError, OSError):
+                    self._remove_corrupt(c)
+                    report["removed"].append(c.id)
+                continue
             try:
                 with c.try_lock() as mine:
                     if not mine:  # being started, stopped or removed right now: not ours to judge

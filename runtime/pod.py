@@ -804,6 +804,7 @@ class Pods:
         hexadecimal = _HEX.issuperset(ref)  # and so no '/' or '..' that would leave pods/
         if hexadecimal and len(ref) == 64 and self._recorded(ref):
             return Pod(self, ref)
+        self._migrate_legacy_links()
         if "/" in ref:
             namespace, _, name = ref.partition("/")
             # checked before they become a path: `../x` must not reach readlink
@@ -828,6 +829,31 @@ class Pods:
             if matches:
                 raise InvalidArgument(f"pod id prefix {ref!r} is ambiguous ({len(matches)} pods)")
         raise NotFound(f"no such pod: {ref}")
+
+    _LEGACY_DONE = ".namespaced"  # in names/: the links of older pods have been given their namespace
+
+    def _migrate_legacy_links(self) -> None:
+        """Once per store: older hanok linked names/NAME for a pod of any namespace; such a link
+        of a pod outside "default" moves to its namespaced key (NAMESPACE_NAME), so that
+        NAMESPACE/NAME finds it and a plain NAME no longer takes it for default's. (Its
+        containers keep their older names: `pod logs -c` knows both forms.)"""
+        from hanok.runtime.engine import name_lock
+
+        if os.path.exists(os.path.join(self.names_dir, self._LEGACY_DONE)) or not os.path.isdir(self.names_dir):
+            return
+        with name_lock(self.names_dir):
+            for key in os.listdir(self.names_dir):
+                if key.startswith(".") or "_" in key:
+                    continue
+                pod_id = self._linked(key)
+                if pod_id is None:
+                    continue
+                namespace = Pod(self, pod_id).namespace
+                target = os.path.join(self.names_dir, _link_key(namespace, key))
+                if namespace != DEFAULT_NAMESPACE and not os.path.lexists(target):
+                    os.rename(os.path.join(self.names_dir, key), target)
+            with open(os.path.join(self.names_dir, self._LEGACY_DONE), "w"):
+                pass
 
     def _recorded(self, pod_id: str) -> bool:
         """A pod with this id exists (its record is written last: a sandbox being made does not count)."""
@@ -868,6 +894,7 @@ class Pods:
         from hanok.runtime.engine import claim_link, name_lock
 
         key = _link_key(namespace, name)
+        self._migrate_legacy_links()
         with name_lock(self.names_dir):
             if not claim_link(self.names_dir, key, pod_id, self.pods_dir):
                 owner = os.readlink(os.path.join(self.names_dir, key))

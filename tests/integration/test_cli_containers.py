@@ -231,7 +231,9 @@ def test_names_are_unique_and_ids_abbreviate(hanok: Hanok) -> None:
 
 @pytest.mark.parametrize("args, message", [
     (["--memory", "lots"], "--memory 'lots': expected a size such as 512m or 1g"),
-    (["--cpus", "-1"], "--cpus -1.0: must be positive"),
+    (["--cpus", "-1"], "--cpus -1.0: must be a positive number"),
+    (["--cpus", "nan"], "--cpus nan: must be a positive number"),
+    (["--cpus", "inf"], "--cpus inf: must be a positive number"),
     (["--pids-limit", "0"], "--pids-limit 0: must be positive (or -1 for unlimited)"),
     (["--cap-add", "FLY"], "unknown capability 'CAP_FLY'"),
     (["-v", "relative"], "volume 'relative': expected SOURCE:DEST[:ro|rw]"),
@@ -435,6 +437,26 @@ def test_a_cli_killed_during_run_loses_nothing(hanok: Hanok, delay: float) -> No
     for cid in hanok.container_ids():
         hanok.ok("rm", "-f", cid)
     # nothing_left (autouse) checks mounts, runtime states, directories and names
+
+
+def test_a_corrupt_record_is_listed_around_and_removed_by_rm_f_and_gc(hanok: Hanok) -> None:
+    """A record a power loss emptied: `ps` lists the others (and says so on stderr), `rm -f` and `gc` remove it."""
+    good = hanok.ok("create", "--network", "none", "--name", "good", IMAGE, "true").strip()
+    broken = [hanok.ok("run", "-d", "--network", "none", "--name", name, IMAGE, "sleep", "1000").strip()
+              for name in ("broken1", "broken2")]
+    for cid in broken:
+        (hanok.store / "containers" / cid / "container.json").write_bytes(b"")
+    listed = hanok("ps", "-a", "--json")
+    assert listed.returncode == 0
+    assert [row["id"] for row in json.loads(listed.stdout)] == [good]
+    assert listed.stderr.count("is corrupt; `hanok rm -f") == 2
+    assert hanok.ok("rm", "-f", broken[0][:12]) == broken[0][:12] + "\n"
+    report = json.loads(hanok.ok("gc", "--json", "--grace", "0"))
+    assert report["removed"] == [broken[1]]
+    assert hanok.container_ids() == [good]
+    assert sorted(p.name for p in (hanok.store / "containers" / "names").iterdir() if p.is_symlink()) == ["good"]
+    hanok.ok("rm", good)
+    # nothing_left (autouse): the killed sleeps' runtime states, mounts and cgroups are gone too
 
 
 def test_host_side_lookups_never_open_what_a_container_planted(hanok: Hanok) -> None:

@@ -56,6 +56,18 @@ def _own_nft_table(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HANOK_NFT_TABLE", TEST_TABLE)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _host_ipv6_forwarding() -> Iterator[None]:
+    """hanok leaves IPv6 forwarding on once a dual-stack network is used (as docker does); the tests put the
+    host's value back, as forwarding makes a host ignore router advertisements (its own SLAAC address)."""
+    knob = Path("/proc/sys/net/ipv6/conf/all/forwarding")
+    before = knob.read_text()
+    try:
+        yield
+    finally:
+        knob.write_text(before)
+
+
 def _random_subnet() -> str:
     return f"10.{random.randint(210, 250)}.{random.randint(0, 255)}.0/24"
 
