@@ -15,7 +15,7 @@ import time
 from hanok import __version__
 
 if False:  # typing only
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from hanok.runtime.errors import HanokError
 
@@ -571,19 +571,23 @@ class _PullProgress:
             sys.stderr.flush()
 
 
-# ---------------------------------------------------------------- `hanok run`'s flags, and its fast path
+# ---------------------------------------------------------------- the per-container commands, and their fast path
 #
-# `hanok run` is a hot path (a node agent or a script runs one per container), and importing click
-# costs ~27 ms here, a quarter of a whole `run --rm IMAGE true`. So the flags `run` and `create` share
-# are declared once, as data, in RUN_FLAGS: hanok_cli() turns them into click options, and
-# _fast_run() parses a `hanok [--store S] [--state S] run ...` command line with the same table and
-# click's own rules (short clusters `-it`, `-eK=V`, `--name=x`, `--`, the first positional ends the
-# options). Whatever it is not sure of (--help, an unknown or malformed flag, a bad value, a bundle
-# path, shell completion) it leaves to click, which then prints its usual message: the fast path
-# never produces an error of its own, and tests/unit/test_cli_fast.py checks it against click.
+# What a node agent or a script runs once per container (`run`, `create`'s flags, `start`, `stop`,
+# `kill`, `rm`, `wait`, `inspect`, `exec`, `ps`) is a hot path, and importing click costs ~27 ms
+# here: half of a whole `hanok run --rm IMAGE true`, two thirds of a `hanok ps`. So these commands
+# are declared once, as data (FAST_COMMANDS: flags, positional arguments, and a body that knows
+# nothing of click): hanok_cli() builds their click commands from it, and _fast_main() parses a
+# `hanok [--store S] [--state S] COMMAND ...` line with the same declarations and click's own rules
+# (short clusters `-it`, `-eK=V`, `--name=x`, `--`, options between arguments unless the command
+# stops at its first argument), then calls the same body. Whatever the fast parser is not sure of
+# (--help, an unknown or malformed flag, a bad value, a missing argument, a bundle path, shell
+# completion), or a usage error a body finds before doing anything, is left to click, which then
+# prints its usual message: the fast path never produces an error of its own, and
+# tests/unit/test_cli_fast.py checks it against click.
 
-class RunFlag:
-    """One option of `run`/`create`: click's declarations, and what the fast parser needs to know.
+class Flag:
+    """One option: click's declarations, and what the fast parser needs to know.
 
     names: as click.option takes them, the flags then the destination; kind: "flag" (is_flag),
     "value" (the last one given wins) or "multi" (repeatable, a tuple); convert: "int", "float",
@@ -591,195 +595,171 @@ class RunFlag:
     (A plain class, not a NamedTuple: `typing` is not otherwise imported by hanok-oci's commands.)
     """
 
-    __slots__ = ("choices", "convert", "default", "help", "kind", "metavar", "names")
+    __slots__ = ("choices", "convert", "default", "help", "kind", "metavar", "names", "show_default")
 
     def __init__(self, names: tuple[str, ...], kind: str, help: str, metavar: str | None = None,
-                 default: object = None, convert: str | None = None, choices: tuple[str, ...] = ()):
+                 default: object = None, convert: str | None = None, choices: tuple[str, ...] = (),
+                 show_default: bool | None = None):
         self.names, self.kind, self.help, self.metavar = names, kind, help, metavar
         self.default, self.convert, self.choices = default, convert, choices
+        self.show_default = default is not None if show_default is None else show_default
 
     @property
     def dest(self) -> str:
         return self.names[-1]
 
 
-RUN_FLAGS: tuple[RunFlag, ...] = (
-    RunFlag(("--name", "name"), "value", "container name (unique; default: a random one)"),
-    RunFlag(("-e", "--env", "env"), "multi", "set an environment variable", "KEY=VALUE"),
-    RunFlag(("--env-file", "env_file"), "multi", "read KEY=VALUE lines from a file", convert="file"),
-    RunFlag(("-w", "--workdir", "workdir"), "value", "working directory inside the container"),
-    RunFlag(("-u", "--user", "user"), "value", "USER[:GROUP] (names from the image's /etc/passwd)"),
-    RunFlag(("-v", "--volume", "volumes"), "multi", "bind-mount a host path, or a named volume", "SRC:DEST[:ro]"),
-    RunFlag(("--tmpfs", "tmpfs"), "multi", "mount a tmpfs", "DEST[:OPTS]"),
-    RunFlag(("-p", "--publish", "publish"), "multi", "publish a container port on the host",
-            "[IP:][HOST:]PORT[/PROTO]"),
-    RunFlag(("--network", "--net", "network"), "value", "bridge, none, host, a network name, or container:NAME",
-            default="bridge"),
-    RunFlag(("-h", "--hostname", "hostname"), "value", "the container's host name (default: its short id)"),
-    RunFlag(("-m", "--memory", "memory"), "value", "memory limit (e.g. 256m)"),
-    RunFlag(("--cpus", "cpus"), "value", "CPU limit (e.g. 0.5)", convert="float"),
-    RunFlag(("--pids-limit", "pids_limit"), "value", "most processes at once (-1: unlimited)", convert="int"),
-    RunFlag(("--read-only", "read_only"), "flag", "mount the root read-only"),
-    RunFlag(("--cap-add", "cap_add"), "multi", "add a capability (or ALL)"),
-    RunFlag(("--cap-drop", "cap_drop"), "multi", "drop a capability (or ALL)"),
-    RunFlag(("--security-opt", "security_opt"), "multi",
-            "seccomp=unconfined|PATH (default: docker's profile), no-new-privileges", "OPT"),
-    RunFlag(("--entrypoint", "entrypoint"), "value", "replace the image's entrypoint"),
-    RunFlag(("--init", "init"), "flag", "run a tiny init (tini or catatonit) as pid 1"),
-    RunFlag(("-l", "--label", "label"), "multi", "set a label", "KEY=VALUE"),
-    RunFlag(("-t", "--tty", "tty"), "flag", "allocate a terminal"),
-    RunFlag(("-i", "--interactive", "interactive"), "flag", "keep stdin open"),
-    RunFlag(("--rm", "auto_remove"), "flag", "remove the container when it exits"),
-    RunFlag(("--pull", "pull"), "value", "pull the image when it is not stored", default="missing",
-            convert="choice", choices=("missing", "never")),
-)
-RUN_ONLY_FLAGS: tuple[RunFlag, ...] = (
-    RunFlag(("-d", "--detach", "detach"), "flag", "run in the background and print the container id"),
-    RunFlag(("--explain", "explain"), "flag", "print every kernel-level step as a shell command (stderr)"),
-)
-GLOBAL_DEFAULTS = {"store_root": ("HANOK_ROOT", "/var/lib/hanok"), "run_root": ("HANOK_STATE", "/run/hanok")}
-_GLOBAL_NAMES = {"--store": "store_root", "--state": "run_root"}
+class Arg:
+    """One positional argument: `nargs` 1, or -1 for all the rest (`required`: at least one)."""
+
+    __slots__ = ("dest", "metavar", "nargs", "required")
+
+    def __init__(self, dest: str, nargs: int = 1, required: bool = True, metavar: str | None = None):
+        self.dest, self.nargs, self.required, self.metavar = dest, nargs, required, metavar
+
+
+class FastCommand:
+    """A command declared as data: its flags, its arguments (`interspersed`: may options follow
+    an argument, as click's default; False: the first argument ends the options, as for `run`
+    and `exec`, whose COMMAND keeps its own flags), and its body(app, params)."""
+
+    __slots__ = ("args", "body", "flags", "interspersed", "name")
+
+    def __init__(self, name: str, flags: tuple[Flag, ...], args: tuple[Arg, ...], body: Callable[..., None],
+                 interspersed: bool = True):
+        self.name, self.flags, self.args, self.body, self.interspersed = name, flags, args, body, interspersed
 
 
 class _NotFast(Exception):
-    """The fast parser is not sure: click parses this command line (and reports any error)."""
+    """The fast path is not sure: click parses this command line (and reports any error)."""
 
 
-def _fast_value(flag: RunFlag, raw: str) -> object:
-    """`raw` converted as click's type for `flag` would, or _NotFast where click would refuse it."""
-    try:
-        if flag.convert == "int":
-            return int(raw)
-        if flag.convert == "float":
-            return float(raw)
-    except ValueError:
-        raise _NotFast from None
-    if flag.convert == "choice" and raw not in flag.choices:
-        raise _NotFast
-    if flag.convert == "file" and not (os.path.isfile(raw) and os.access(raw, os.R_OK)):
-        raise _NotFast
-    return raw
+class _Usage(Exception):
+    """A usage error a body found before doing anything: click reports it (as click.UsageError, or
+    BadParameter with `param_hint`); on the fast path it sends the line to click, which does so."""
+
+    def __init__(self, message: str, param_hint: str | None = None):
+        super().__init__(message)
+        self.message, self.param_hint = message, param_hint
 
 
-def parse_fast_run(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[dict[str, str], dict[str, object]]:
-    """(global options, run's parameters) for `[--store S] [--state S] run FLAGS IMAGE [COMMAND...]`,
-    exactly as click would pass them; _NotFast for anything else (see the section's comment)."""
-    if "_HANOK_COMPLETE" in environ:
-        raise _NotFast
-    roots = {dest: environ.get(var) or default for dest, (var, default) in GLOBAL_DEFAULTS.items()}
-    i = 0
-    while i < len(argv) and argv[i] != "run":
-        name, eq, value = argv[i].partition("=")
-        if name not in _GLOBAL_NAMES:
-            raise _NotFast
-        if not eq:
-            i += 1
-            if i == len(argv):
-                raise _NotFast
-            value = argv[i]
-        roots[_GLOBAL_NAMES[name]] = value
-        i += 1
-    if i == len(argv) or any(os.path.isfile(root) for root in roots.values()):  # click.Path(file_okay=False)
-        raise _NotFast
-    long_flags = {n: f for f in RUN_FLAGS + RUN_ONLY_FLAGS for n in f.names if n.startswith("--")}
-    short_flags = {n: f for f in RUN_FLAGS + RUN_ONLY_FLAGS for n in f.names if len(n) == 2 and n[0] == "-"}
-    params: dict[str, object] = {f.dest: (() if f.kind == "multi" else False if f.kind == "flag" else f.default)
-                                 for f in RUN_FLAGS + RUN_ONLY_FLAGS}
-    rest = list(argv[i + 1:])
+def _echo(text: str = "", err: bool = False) -> None:
+    """click.echo's output for a str: the text, a newline, flushed (no click on the fast path)."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
 
-    def take(flag: RunFlag, attached: str | None) -> None:
-        if flag.kind == "flag":
-            if attached is not None:
-                raise _NotFast
-            params[flag.dest] = True
-            return
-        if attached is None:
-            if not rest:
-                raise _NotFast
-            attached = rest.pop(0)
-        value = _fast_value(flag, attached)
-        params[flag.dest] = (*params[flag.dest], value) if flag.kind == "multi" else value  # type: ignore[misc]
 
-    while rest:
-        arg = rest[0]
-        if arg == "--":
-            rest.pop(0)
-            break
-        if arg[:1] != "-" or len(arg) == 1:
-            break
-        rest.pop(0)
-        if arg.startswith("--"):
-            name, eq, value = arg.partition("=")
-            if name not in long_flags:
-                raise _NotFast
-            take(long_flags[name], value if eq else None)
+def _echo_json(value: object) -> None:
+    import json
+
+    _echo(json.dumps(value, indent=2))
+
+
+def _each(refs: Sequence[str], action: Callable[[str], object]) -> None:
+    """docker's multi-container verbs: try all, print each done ref, 125 if any failed."""
+    from hanok.runtime.errors import HanokError
+
+    failed = False
+    for ref in refs:
+        try:
+            action(ref)
+        except HanokError as e:
+            _echo(f"hanok: {e}", err=True)
+            failed = True
             continue
-        for position, char in enumerate(arg[1:], start=2):  # a cluster: -it, -eKEY=VALUE
-            flag = short_flags.get("-" + char)
-            if flag is None:
-                raise _NotFast
-            if flag.kind == "flag":
-                take(flag, None)
-                continue
-            take(flag, arg[position:] or None)
-            break
-    if not rest or rest[0].startswith(("/", "./", "../")):  # no IMAGE, or a bundle: click's branch
-        raise _NotFast
-    params["image"], params["command"] = rest[0], tuple(rest[1:])
-    return roots, params
+        except OSError as e:  # a library bug, but the other refs still get their turn
+            _echo(f"hanok: {ref}: {e.strerror or e}", err=True)
+            failed = True
+            continue
+        _echo(ref)
+    if failed:
+        sys.exit(125)
 
 
-def _fast_run(argv: Sequence[str]) -> None:
-    """`hanok run` without click, when parse_fast_run is sure; returns (to click) when it is not."""
-    try:
-        roots, params = parse_fast_run(argv, os.environ)
-    except _NotFast:
-        return
-    from hanok.runtime.errors import HanokError
+def _ago(stamp: str | None, suffix: str = " ago") -> str:
+    import calendar
 
-    app = Application(roots["store_root"], roots["run_root"])
-    try:
-        run_container(app, params)
-    except KeyboardInterrupt:  # as click's standalone mode does
-        sys.stderr.write("\nAborted!\n")
-        sys.exit(1)
-    except HanokError as e:
-        _fail(e)
-    except OSError as e:
-        _fail_os(e)
-    sys.exit(0)
+    if not stamp:
+        return ""
+    seconds = int(time.time() - calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size * (2 if unit != "minute" else 1):
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}{suffix}"
+    if seconds < 1:
+        return "Less than a second" + suffix
+    return f"{seconds} second{'s' if seconds != 1 else ''}{suffix}"
 
 
-def _fail(error: HanokError) -> None:  # noqa: F821 (imported by the callers)
-    """`hanok: <message>` on stderr; exit 126/127 when the command could not run, else 125."""
-    sys.stderr.write(f"hanok: {error}\n")
-    sys.stderr.flush()
-    sys.exit(error.exit_code if error.exit_code in (126, 127) else 125)
+def _status_text(s: dict) -> str:
+    if s["state"] == "running":
+        return "Up " + _ago(s["startedAt"], suffix="")
+    if s["state"] == "paused":
+        return "Up " + _ago(s["startedAt"], suffix="") + " (Paused)"
+    if s["state"] == "exited":
+        code = "?" if s["exitCode"] is None else s["exitCode"]
+        return f"Exited ({code}) {_ago(s['finishedAt'])}" if s["finishedAt"] else f"Exited ({code})"
+    return "Created"
 
 
-def _fail_os(error: OSError) -> None:
-    """An OSError reaching the CLI is a library bug (it should have been a HanokError): still one line."""
-    from hanok.runtime.errors import HanokError
+def _ports_text(ports: list[dict]) -> str:
+    return ", ".join(f"{p.get('hostIP') or '0.0.0.0'}:{p['hostPort']}->{p['containerPort']}/{p['protocol']}"
+                     for p in ports)
 
-    where = f": {error.filename}" if error.filename else ""
-    _fail(HanokError(f"{error.strerror or error}{where}"))
 
+# ---- the bodies (their docstrings are the commands' --help)
 
 def run_container(app: Application, params: dict[str, object]) -> None:
-    """`hanok run IMAGE` after parsing (click's or the fast one): create, start, follow, exit with its code."""
+    """Run COMMAND in a new container of IMAGE (pulled when missing).
+
+    Attached (no -d), its output is shown and hanok exits with its exit
+    code; 125 means hanok itself failed, 126 the command could not be run,
+    127 it was not found. IMAGE may also be the path of an OCI bundle
+    directory (config.json + rootfs; written with a leading / or ./), run
+    as it is in the foreground: only --name and --explain apply then.
+
+    \b
+    Example:
+      hanok run --rm busybox:local echo hello
+      hanok run -d --name web -p 8080:80 busybox:local httpd -f -p 80
+      hanok run -it alpine sh
+      hanok run --explain /tmp/demo
+    """
     from hanok.runtime import explain as trace
 
     params = dict(params)
     image, command = str(params.pop("image")), tuple(params.pop("command"))  # type: ignore[call-overload]
     detach = bool(params.pop("detach"))
+    if image.startswith(("/", "./", "../")):  # an OCI bundle: image names never start so
+        _run_bundle(app, image, command, detach, params)
+        return
     if params.pop("explain"):
         trace.enable(os.dup(2))
     pull = params["pull"] == "missing"
     c, code = app.engine.run(run_options_of(image, command, params), detach=detach, pull=pull)
     if detach:
-        print(c.id, flush=True)
+        _echo(c.id)
         return
     sys.exit(code)
+
+
+def _run_bundle(app: Application, bundle: str, command: tuple[str, ...], detach: bool, params: dict) -> None:
+    """`hanok run ./bundle`: the OCI runtime's run, as config.json says (only --name and --explain apply)."""
+    from hanok.runtime import container
+    from hanok.runtime import explain as trace
+    from hanok.runtime.errors import NotFound
+
+    ignored = sorted(k for k, v in params.items()
+                     if k not in ("name", "pull", "network", "explain") and v not in (None, False, ()))
+    if detach or command or ignored or params["network"] != "bridge":
+        raise _Usage("a bundle runs as its config.json says: only --name and --explain apply")
+    if params["explain"]:
+        trace.enable(os.dup(2))
+    if not os.path.isfile(os.path.join(bundle, "config.json")):
+        raise NotFound(f"{bundle}: not an OCI bundle (no config.json)")
+    sys.exit(container.run(os.path.join(app.run_root, "bundles"), params.get("name") or f"hanok-{os.getpid()}",
+                           bundle))
 
 
 def run_options_of(image: str, command: tuple[str, ...], params: dict):  # -> hanok.runtime.bundle.RunOptions
@@ -805,17 +785,367 @@ def run_options_of(image: str, command: tuple[str, ...], params: dict):  # -> ha
                       cap_drop=list(kw.pop("cap_drop")), security_opt=list(kw.pop("security_opt")), **kw)
 
 
+def _start(app: Application, p: dict) -> None:
+    """Start created or exited containers.
+
+    \b
+    Example:
+      hanok start web
+      hanok start -a job
+    """
+    if p["attach"]:
+        if len(p["containers"]) != 1:
+            raise _Usage("--attach takes exactly one container")
+        sys.exit(app.engine.start(p["containers"][0], attach=True))
+    _each(p["containers"], lambda ref: app.engine.start(ref))
+
+
+def _stop(app: Application, p: dict) -> None:
+    """Stop containers: the image's stop signal (else SIGTERM), then SIGKILL.
+
+    \b
+    Example:
+      hanok stop -t 2 web
+    """
+    _each(p["containers"], lambda ref: app.engine.stop(ref, p["timeout"]))
+
+
+def _kill(app: Application, p: dict) -> None:
+    """Send a signal to running containers.
+
+    \b
+    Example:
+      hanok kill -s HUP web
+    """
+    _each(p["containers"], lambda ref: app.engine.kill(ref, p["signal_name"]))
+
+
+def _rm(app: Application, p: dict) -> None:
+    """Remove containers (their writable layer and logs too).
+
+    \b
+    Example:
+      hanok rm -f web
+    """
+    _each(p["containers"], lambda ref: app.engine.remove(ref, force=p["force"]))
+
+
+def _ps(app: Application, p: dict) -> None:
+    """List containers (running ones unless -a).
+
+    \b
+    Example:
+      hanok ps -a
+      hanok ps --json
+      hanok ps --pod web --json
+    """
+    import shlex
+
+    from hanok.runtime.errors import HanokError, NotFound
+
+    show_all, no_trunc = p["show_all"], p["no_trunc"]
+    rows = []
+    containers = app.engine.containers()
+    if p["pod"] is not None:
+        containers = app.engine.pods.get(p["pod"]).containers()
+        show_all = True
+    for c in containers:
+        try:
+            rows.append(app.engine.summary(c))
+        except NotFound:  # removed while we looked
+            continue
+        except HanokError as e:  # a corrupt record: the others are still listed (JSON stays on stdout)
+            _echo(f"hanok: {e}", err=True)
+    if not show_all:
+        rows = [r for r in rows if r["state"] in ("running", "paused")]
+    rows.sort(key=lambda r: r["created"], reverse=True)
+    if p["as_json"]:
+        _echo_json(rows)
+        return
+    if p["quiet"]:
+        for r in rows:
+            _echo(r["id"] if no_trunc else r["id"][:12])
+        return
+    table = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES")]
+    for r in rows:
+        cmd = shlex.join(r["command"])
+        if not no_trunc and len(cmd) > 20:
+            cmd = cmd[:19] + "…"
+        table.append((r["id"] if no_trunc else r["id"][:12], r["image"], f'"{cmd}"', _ago(r["created"]),
+                      _status_text(r), _ports_text(r["ports"]), r["name"]))
+    _echo(_table(table))
+
+
+def _inspect(app: Application, p: dict) -> None:
+    """Print containers as a JSON array: options, state (exit code, OOM), network, paths.
+
+    \b
+    Example:
+      hanok inspect web
+    """
+    _echo_json([app.engine.inspect(ref) for ref in p["containers"]])
+
+
+def _wait(app: Application, p: dict) -> None:
+    """Wait until containers exit; print each exit code.
+
+    \b
+    Example:
+      hanok wait job
+    """
+    for ref in p["containers"]:
+        _echo(str(app.engine.wait(ref)))
+
+
+def _exec(app: Application, p: dict) -> None:
+    """Run COMMAND in a running container; exit with its code.
+
+    --sync is a node agent's ExecSync: stdout and stderr are passed
+    through, hanok exits with the command's code; with --timeout a command
+    still running after SECONDS is killed and hanok fails with
+    `hanok: exec ... timed out after Ns and was killed`, exit 125.
+
+    \b
+    Example:
+      hanok exec web cat /etc/hostname
+      hanok exec -it web sh
+      hanok exec --sync --timeout 5 web-app sh -c 'test -f /ready'
+    """
+    timeout, sync = p["timeout"], p["sync"]
+    if timeout is not None and not sync:
+        raise _Usage("--timeout needs --sync")
+    if sync and (p["tty"] or p["interactive"] or p["detach"]):
+        raise _Usage("--sync takes no -i, -t or -d")
+    if timeout is not None and timeout <= 0:
+        raise _Usage(f"{timeout:g}: must be positive", param_hint="--timeout")
+    sys.exit(app.engine.exec(p["container"], list(p["command"]), env=list(p["env"]), workdir=p["workdir"],
+                             user=p["user"], tty=p["tty"], detach=p["detach"], timeout=timeout,
+                             interactive=p["interactive"]))
+
+
+RUN_FLAGS: tuple[Flag, ...] = (
+    Flag(("--name", "name"), "value", "container name (unique; default: a random one)"),
+    Flag(("-e", "--env", "env"), "multi", "set an environment variable", "KEY=VALUE"),
+    Flag(("--env-file", "env_file"), "multi", "read KEY=VALUE lines from a file", convert="file"),
+    Flag(("-w", "--workdir", "workdir"), "value", "working directory inside the container"),
+    Flag(("-u", "--user", "user"), "value", "USER[:GROUP] (names from the image's /etc/passwd)"),
+    Flag(("-v", "--volume", "volumes"), "multi", "bind-mount a host path, or a named volume", "SRC:DEST[:ro]"),
+    Flag(("--tmpfs", "tmpfs"), "multi", "mount a tmpfs", "DEST[:OPTS]"),
+    Flag(("-p", "--publish", "publish"), "multi", "publish a container port on the host",
+            "[IP:][HOST:]PORT[/PROTO]"),
+    Flag(("--network", "--net", "network"), "value", "bridge, none, host, a network name, or container:NAME",
+            default="bridge"),
+    Flag(("-h", "--hostname", "hostname"), "value", "the container's host name (default: its short id)"),
+    Flag(("-m", "--memory", "memory"), "value", "memory limit (e.g. 256m)"),
+    Flag(("--cpus", "cpus"), "value", "CPU limit (e.g. 0.5)", convert="float"),
+    Flag(("--pids-limit", "pids_limit"), "value", "most processes at once (-1: unlimited)", convert="int"),
+    Flag(("--read-only", "read_only"), "flag", "mount the root read-only"),
+    Flag(("--cap-add", "cap_add"), "multi", "add a capability (or ALL)"),
+    Flag(("--cap-drop", "cap_drop"), "multi", "drop a capability (or ALL)"),
+    Flag(("--security-opt", "security_opt"), "multi",
+            "seccomp=unconfined|PATH (default: docker's profile), no-new-privileges", "OPT"),
+    Flag(("--entrypoint", "entrypoint"), "value", "replace the image's entrypoint"),
+    Flag(("--init", "init"), "flag", "run a tiny init (tini or catatonit) as pid 1"),
+    Flag(("-l", "--label", "label"), "multi", "set a label", "KEY=VALUE"),
+    Flag(("-t", "--tty", "tty"), "flag", "allocate a terminal"),
+    Flag(("-i", "--interactive", "interactive"), "flag", "keep stdin open"),
+    Flag(("--rm", "auto_remove"), "flag", "remove the container when it exits"),
+    Flag(("--pull", "pull"), "value", "pull the image when it is not stored", default="missing",
+            convert="choice", choices=("missing", "never")),
+)
+RUN_ONLY_FLAGS: tuple[Flag, ...] = (
+    Flag(("-d", "--detach", "detach"), "flag", "run in the background and print the container id"),
+    Flag(("--explain", "explain"), "flag", "print every kernel-level step as a shell command (stderr)"),
+)
+GLOBAL_DEFAULTS = {"store_root": ("HANOK_ROOT", "/var/lib/hanok"), "run_root": ("HANOK_STATE", "/run/hanok")}
+_GLOBAL_NAMES = {"--store": "store_root", "--state": "run_root"}
+_CONTAINERS = (Arg("containers", -1, metavar="CONTAINER..."),)
+FAST_COMMANDS: dict[str, FastCommand] = {c.name: c for c in (
+    FastCommand("run", RUN_FLAGS + RUN_ONLY_FLAGS, (Arg("image"), Arg("command", -1, required=False)),
+                run_container, interspersed=False),
+    FastCommand("start", (Flag(("-a", "--attach", "attach"), "flag",
+                               "show the output and exit with the container's code"),), _CONTAINERS, _start),
+    FastCommand("stop", (Flag(("-t", "--time", "timeout"), "value",
+                              "seconds to wait after the stop signal before SIGKILL", default=10, convert="float"),),
+                _CONTAINERS, _stop),
+    FastCommand("kill", (Flag(("-s", "--signal", "signal_name"), "value", "signal name or number", default="KILL"),),
+                _CONTAINERS, _kill),
+    FastCommand("rm", (Flag(("-f", "--force", "force"), "flag", "kill a running container first"),), _CONTAINERS, _rm),
+    FastCommand("ps", (
+        Flag(("-a", "--all", "show_all"), "flag", "also containers that are not running"),
+        Flag(("-q", "--quiet", "quiet"), "flag", "only ids"),
+        Flag(("--json", "as_json"), "flag", "a JSON array (fields in the README)"),
+        Flag(("--no-trunc", "no_trunc"), "flag", "full ids and commands"),
+        Flag(("--pod", "pod"), "value", "only the containers of this pod (implies -a)", "POD"),
+    ), (), _ps),
+    FastCommand("inspect", (), _CONTAINERS, _inspect),
+    FastCommand("wait", (), _CONTAINERS, _wait),
+    FastCommand("exec", (
+        Flag(("-i", "--interactive", "interactive"), "flag", "keep stdin open"),
+        Flag(("-t", "--tty", "tty"), "flag", "allocate a terminal"),
+        Flag(("-d", "--detach", "detach"), "flag", "do not wait for the command"),
+        Flag(("-e", "--env", "env"), "multi", "set an environment variable", "KEY=VALUE"),
+        Flag(("-w", "--workdir", "workdir"), "value", "working directory"),
+        Flag(("-u", "--user", "user"), "value", "USER[:GROUP]"),
+        Flag(("--sync", "sync"), "flag", "CRI ExecSync: no terminal, no stdin, run to completion"),
+        Flag(("--timeout", "timeout"), "value", "with --sync: SIGKILL the command after this long and fail (exit 125)",
+             "SECONDS", convert="float"),
+    ), (Arg("container"), Arg("command", -1)), _exec, interspersed=False),
+)}
+
+
+def _fast_value(flag: Flag, raw: str) -> object:
+    """`raw` converted as click's type for `flag` would, or _NotFast where click would refuse it."""
+    try:
+        if flag.convert == "int":
+            return int(raw)
+        if flag.convert == "float":
+            return float(raw)
+    except ValueError:
+        raise _NotFast from None
+    if flag.convert == "choice" and raw not in flag.choices:
+        raise _NotFast
+    if flag.convert == "file" and not (os.path.isfile(raw) and os.access(raw, os.R_OK)):
+        raise _NotFast
+    return raw
+
+
+def parse_fast(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[dict[str, str], str, dict[str, object]]:
+    """(global options, command name, its parameters) for `[--store S] [--state S] COMMAND ...` of a
+    command in FAST_COMMANDS, exactly as click would pass them; _NotFast for anything else (see the
+    section's comment)."""
+    if "_HANOK_COMPLETE" in environ:
+        raise _NotFast
+    roots = {dest: environ.get(var) or default for dest, (var, default) in GLOBAL_DEFAULTS.items()}
+    i = 0
+    while i < len(argv) and argv[i] not in FAST_COMMANDS:
+        name, eq, value = argv[i].partition("=")
+        if name not in _GLOBAL_NAMES:
+            raise _NotFast
+        if not eq:
+            i += 1
+            if i == len(argv):
+                raise _NotFast
+            value = argv[i]
+        roots[_GLOBAL_NAMES[name]] = value
+        i += 1
+    if i == len(argv) or any(os.path.isfile(root) for root in roots.values()):  # click.Path(file_okay=False)
+        raise _NotFast
+    command = FAST_COMMANDS[argv[i]]
+    return roots, command.name, _parse_command(command, argv[i + 1:])
+
+
+def _parse_command(command: FastCommand, tokens: Sequence[str]) -> dict[str, object]:
+    """The parameters click would give `command`'s callback for `tokens`, or _NotFast."""
+    long_flags = {n: f for f in command.flags for n in f.names if n.startswith("--")}
+    short_flags = {n: f for f in command.flags for n in f.names if len(n) == 2 and n[0] == "-"}
+    params: dict[str, object] = {}
+    for f in command.flags:
+        default = f.default if f.default is None else _fast_value(f, str(f.default)) if f.convert else f.default
+        params[f.dest] = () if f.kind == "multi" else False if f.kind == "flag" else default
+    rest = list(tokens)
+    positionals: list[str] = []
+
+    def take(flag: Flag, attached: str | None) -> None:
+        if flag.kind == "flag":
+            if attached is not None:
+                raise _NotFast
+            params[flag.dest] = True
+            return
+        if attached is None:
+            if not rest:
+                raise _NotFast
+            attached = rest.pop(0)
+        value = _fast_value(flag, attached)
+        params[flag.dest] = (*params[flag.dest], value) if flag.kind == "multi" else value  # type: ignore[misc]
+
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--":
+            positionals += rest
+            break
+        if arg[:1] != "-" or len(arg) == 1:
+            positionals.append(arg)
+            if not command.interspersed:  # the first argument ends the options
+                positionals += rest
+                break
+            continue
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            if name not in long_flags:
+                raise _NotFast
+            take(long_flags[name], value if eq else None)
+            continue
+        for position, char in enumerate(arg[1:], start=2):  # a cluster: -it, -eKEY=VALUE
+            flag = short_flags.get("-" + char)
+            if flag is None:
+                raise _NotFast
+            if flag.kind == "flag":
+                take(flag, None)
+                continue
+            take(flag, arg[position:] or None)
+            break
+    for spec in command.args:
+        if spec.nargs == 1:
+            if not positionals:
+                raise _NotFast
+            params[spec.dest] = positionals.pop(0)
+        else:
+            if spec.required and not positionals:
+                raise _NotFast
+            params[spec.dest], positionals = tuple(positionals), []
+    if positionals:  # click: "Got unexpected extra argument"
+        raise _NotFast
+    return params
+
+
+def _fast_main(argv: Sequence[str]) -> None:
+    """Run a FAST_COMMANDS command without click when parse_fast is sure; return (to click) when not."""
+    try:
+        roots, name, params = parse_fast(argv, os.environ)
+    except _NotFast:
+        return
+    from hanok.runtime.errors import HanokError
+
+    app = Application(roots["store_root"], roots["run_root"])
+    try:
+        FAST_COMMANDS[name].body(app, params)
+    except _Usage:
+        return  # found before anything was done: click parses the line again and reports it
+    except KeyboardInterrupt:  # as click's standalone mode does
+        _echo("\nAborted!", err=True)
+        sys.exit(1)
+    except HanokError as e:
+        _fail(e)
+    except OSError as e:
+        _fail_os(e)
+    sys.exit(0)
+
+
+def _fail(error: HanokError) -> None:
+    """`hanok: <message>` on stderr; exit 126/127 when the command could not run, else 125."""
+    _echo(f"hanok: {error}", err=True)
+    sys.exit(error.exit_code if error.exit_code in (126, 127) else 125)
+
+
+def _fail_os(error: OSError) -> None:
+    """An OSError reaching the CLI is a library bug (it should have been a HanokError): still one line."""
+    from hanok.runtime.errors import HanokError
+
+    where = f": {error.filename}" if error.filename else ""
+    _fail(HanokError(f"{error.strerror or error}{where}"))
+
+
 def hanok_main() -> None:
     """Entry point of `hanok`, the CLI for people and node agents (click).
 
     Exit codes as docker's: 125 when hanok itself fails, 126/127 when the
     command cannot be invoked / is not found, else the container's own code;
     2 for usage errors (click's). Shell completion is click's:
-    `eval "$(_HANOK_COMPLETE=bash_source hanok)"`. `hanok run` is parsed
-    without click when it can be (see _fast_run).
+    `eval "$(_HANOK_COMPLETE=bash_source hanok)"`. The per-container
+    commands are parsed without click when they can be (see FAST_COMMANDS).
     """
-    if "run" in sys.argv[1:6]:
-        _fast_run(sys.argv[1:])  # exits, unless click should parse this command line
+    _fast_main(sys.argv[1:])  # exits, unless click should parse this command line
     hanok_cli()(prog_name="hanok")
 
 
@@ -862,11 +1192,6 @@ def hanok_cli():  # -> click.Group
 
     pass_app = click.make_pass_decorator(Application)
 
-    def echo_json(value: object) -> None:
-        import json
-
-        click.echo(json.dumps(value, indent=2))
-
     @hanok.group("bundle")
     def bundle_group() -> None:
         """Make OCI bundles (config.json + rootfs).
@@ -898,8 +1223,8 @@ def hanok_cli():  # -> click.Group
 
     # ------------------------------------------------------------------ containers
 
-    def click_option(flag: RunFlag):  # type: ignore[no-untyped-def]
-        """A click option from its RUN_FLAGS entry (the one declaration both parsers read)."""
+    def option_kwargs(flag: Flag) -> dict:
+        """click.option's keywords for a Flag (the one declaration both parsers read)."""
         kw: dict = {"help": flag.help, "metavar": flag.metavar}
         if flag.kind == "flag":
             kw["is_flag"] = True
@@ -907,56 +1232,37 @@ def hanok_cli():  # -> click.Group
             kw["multiple"] = True
         else:
             kw["default"] = flag.default
-            kw["show_default"] = flag.default is not None
+            kw["show_default"] = flag.show_default
         kw["type"] = {"int": int, "float": float, "file": click.Path(exists=True, dir_okay=False),
                       "choice": click.Choice(flag.choices), None: None}[flag.convert]
-        return click.option(*flag.names, **kw)
+        return kw
 
     def run_options(f):  # type: ignore[no-untyped-def]
         """The flags `run` and `create` share (docker's names and meanings), from RUN_FLAGS."""
         for flag in reversed(RUN_FLAGS):
-            f = click_option(flag)(f)
+            f = click.option(*flag.names, **option_kwargs(flag))(f)
         return f
 
-    @hanok.command("run", context_settings={"allow_interspersed_args": False})
-    @click.argument("image")
-    @click.argument("command", nargs=-1)
-    @run_options
-    @click_option(RUN_ONLY_FLAGS[0])
-    @click_option(RUN_ONLY_FLAGS[1])
-    @pass_app
-    def run_cmd(app: Application, image: str, command: tuple[str, ...], detach: bool, explain: bool,
-                **kw: object) -> None:
-        """Run COMMAND in a new container of IMAGE (pulled when missing).
+    def click_command(command: FastCommand) -> click.Command:
+        """The click command of a FAST_COMMANDS entry: same flags, arguments and body."""
 
-        Attached (no -d), its output is shown and hanok exits with its exit
-        code; 125 means hanok itself failed, 126 the command could not be run,
-        127 it was not found. IMAGE may also be the path of an OCI bundle
-        directory (config.json + rootfs; written with a leading / or ./), run
-        as it is in the foreground: only --name and --explain apply then.
+        @pass_app
+        def callback(app: Application, **params: object) -> None:
+            try:
+                command.body(app, params)
+            except _Usage as e:
+                if e.param_hint:
+                    raise click.BadParameter(e.message, param_hint=e.param_hint) from None
+                raise click.UsageError(e.message) from None
 
-        \b
-        Example:
-          hanok run --rm busybox:local echo hello
-          hanok run -d --name web -p 8080:80 busybox:local httpd -f -p 80
-          hanok run -it alpine sh
-          hanok run --explain /tmp/demo
-        """
-        if image.startswith(("/", "./", "../")):  # an OCI bundle: image names never start so
-            from hanok.runtime import container
-            from hanok.runtime import explain as trace
+        params: list[click.Parameter] = [click.Argument([a.dest], nargs=a.nargs, required=a.required,
+                                                        metavar=a.metavar) for a in command.args]
+        params += [click.Option(list(f.names), **option_kwargs(f)) for f in command.flags]
+        return click.Command(command.name, callback=callback, params=params, help=command.body.__doc__,
+                             context_settings={"allow_interspersed_args": command.interspersed})
 
-            if explain:
-                trace.enable(os.dup(2))
-            ignored = sorted(k for k, v in kw.items()
-                             if k not in ("name", "pull", "network") and v not in (None, False, ()))
-            if detach or command or ignored or kw["network"] != "bridge":
-                raise click.UsageError("a bundle runs as its config.json says: only --name and --explain apply")
-            if not os.path.isfile(os.path.join(image, "config.json")):
-                raise NotFound(f"{image}: not an OCI bundle (no config.json)")
-            sys.exit(container.run(os.path.join(app.run_root, "bundles"), kw.get("name") or f"hanok-{os.getpid()}",
-                                   image))
-        run_container(app, {"image": image, "command": command, "detach": detach, "explain": explain, **kw})
+    for fast in FAST_COMMANDS.values():
+        hanok.add_command(click_command(fast))
 
     @hanok.command("create", context_settings={"allow_interspersed_args": False})
     @click.argument("image", required=False)
@@ -1000,185 +1306,6 @@ def hanok_cli():  # -> click.Group
             c = app.engine.create(options, pull=pull)
         click.echo(c.id)
 
-    @hanok.command("start")
-    @click.argument("containers", metavar="CONTAINER...", nargs=-1, required=True)
-    @click.option("-a", "--attach", is_flag=True, help="show the output and exit with the container's code")
-    @pass_app
-    def start_cmd(app: Application, containers: tuple[str, ...], attach: bool) -> None:
-        """Start created or exited containers.
-
-        \b
-        Example:
-          hanok start web
-          hanok start -a job
-        """
-        if attach:
-            if len(containers) != 1:
-                raise click.UsageError("--attach takes exactly one container")
-            sys.exit(app.engine.start(containers[0], attach=True))
-        each(containers, lambda ref: app.engine.start(ref))
-
-    def each(refs: tuple[str, ...], action) -> None:  # type: ignore[no-untyped-def]
-        """docker's multi-container verbs: try all, print each done ref, 125 if any failed."""
-        failed = False
-        for ref in refs:
-            try:
-                action(ref)
-            except HanokError as e:
-                click.echo(f"hanok: {e}", err=True)
-                failed = True
-                continue
-            except OSError as e:  # a library bug, but the other refs still get their turn
-                click.echo(f"hanok: {ref}: {e.strerror or e}", err=True)
-                failed = True
-                continue
-            click.echo(ref)
-        if failed:
-            sys.exit(125)
-
-    @hanok.command("stop")
-    @click.argument("containers", metavar="CONTAINER...", nargs=-1, required=True)
-    @click.option("-t", "--time", "timeout", type=float, default=10, show_default=True,
-                  help="seconds to wait after the stop signal before SIGKILL")
-    @pass_app
-    def stop_cmd(app: Application, containers: tuple[str, ...], timeout: float) -> None:
-        """Stop containers: the image's stop signal (else SIGTERM), then SIGKILL.
-
-        \b
-        Example:
-          hanok stop -t 2 web
-        """
-        each(containers, lambda ref: app.engine.stop(ref, timeout))
-
-    @hanok.command("kill")
-    @click.argument("containers", metavar="CONTAINER...", nargs=-1, required=True)
-    @click.option("-s", "--signal", "signal_name", default="KILL", show_default=True, help="signal name or number")
-    @pass_app
-    def kill_cmd(app: Application, containers: tuple[str, ...], signal_name: str) -> None:
-        """Send a signal to running containers.
-
-        \b
-        Example:
-          hanok kill -s HUP web
-        """
-        each(containers, lambda ref: app.engine.kill(ref, signal_name))
-
-    @hanok.command("rm")
-    @click.argument("containers", metavar="CONTAINER...", nargs=-1, required=True)
-    @click.option("-f", "--force", is_flag=True, help="kill a running container first")
-    @pass_app
-    def rm_cmd(app: Application, containers: tuple[str, ...], force: bool) -> None:
-        """Remove containers (their writable layer and logs too).
-
-        \b
-        Example:
-          hanok rm -f web
-        """
-        each(containers, lambda ref: app.engine.remove(ref, force=force))
-
-    def status_text(s: dict) -> str:
-        if s["state"] == "running":
-            return "Up " + ago(s["startedAt"], suffix="")
-        if s["state"] == "paused":
-            return "Up " + ago(s["startedAt"], suffix="") + " (Paused)"
-        if s["state"] == "exited":
-            code = "?" if s["exitCode"] is None else s["exitCode"]
-            return f"Exited ({code}) {ago(s['finishedAt'])}" if s["finishedAt"] else f"Exited ({code})"
-        return "Created"
-
-    def ago(stamp: str | None, suffix: str = " ago") -> str:
-        import calendar
-
-        if not stamp:
-            return ""
-        seconds = int(time.time() - calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")))
-        for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-            if seconds >= size * (2 if unit != "minute" else 1):
-                n = seconds // size
-                return f"{n} {unit}{'s' if n != 1 else ''}{suffix}"
-        if seconds < 1:
-            return "Less than a second" + suffix
-        return f"{seconds} second{'s' if seconds != 1 else ''}{suffix}"
-
-    def ports_text(ports: list[dict]) -> str:
-        return ", ".join(f"{p.get('hostIP') or '0.0.0.0'}:{p['hostPort']}->{p['containerPort']}/{p['protocol']}"
-                         for p in ports)
-
-    @hanok.command("ps")
-    @click.option("-a", "--all", "show_all", is_flag=True, help="also containers that are not running")
-    @click.option("-q", "--quiet", is_flag=True, help="only ids")
-    @click.option("--json", "as_json", is_flag=True, help="a JSON array (fields in the README)")
-    @click.option("--no-trunc", is_flag=True, help="full ids and commands")
-    @click.option("--pod", default=None, metavar="POD", help="only the containers of this pod (implies -a)")
-    @pass_app
-    def ps_cmd(app: Application, show_all: bool, quiet: bool, as_json: bool, no_trunc: bool,
-               pod: str | None) -> None:
-        """List containers (running ones unless -a).
-
-        \b
-        Example:
-          hanok ps -a
-          hanok ps --json
-          hanok ps --pod web --json
-        """
-        import shlex
-
-        rows = []
-        containers = app.engine.containers()
-        if pod is not None:
-            containers = app.engine.pods.get(pod).containers()
-            show_all = True
-        for c in containers:
-            try:
-                rows.append(app.engine.summary(c))
-            except NotFound:  # removed while we looked
-                continue
-            except HanokError as e:  # a corrupt record: the others are still listed (JSON stays on stdout)
-                click.echo(f"hanok: {e}", err=True)
-        if not show_all:
-            rows = [r for r in rows if r["state"] in ("running", "paused")]
-        rows.sort(key=lambda r: r["created"], reverse=True)
-        if as_json:
-            echo_json(rows)
-            return
-        if quiet:
-            for r in rows:
-                click.echo(r["id"] if no_trunc else r["id"][:12])
-            return
-        table = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES")]
-        for r in rows:
-            cmd = shlex.join(r["command"])
-            if not no_trunc and len(cmd) > 20:
-                cmd = cmd[:19] + "…"
-            table.append((r["id"] if no_trunc else r["id"][:12], r["image"], f'"{cmd}"', ago(r["created"]),
-                          status_text(r), ports_text(r["ports"]), r["name"]))
-        click.echo(_table(table))
-
-    @hanok.command("inspect")
-    @click.argument("containers", metavar="CONTAINER...", nargs=-1, required=True)
-    @pass_app
-    def inspect_cmd(app: Application, containers: tuple[str, ...]) -> None:
-        """Print containers as a JSON array: options, state (exit code, OOM), network, paths.
-
-        \b
-        Example:
-          hanok inspect web
-        """
-        echo_json([app.engine.inspect(ref) for ref in containers])
-
-    @hanok.command("wait")
-    @click.argument("containers", metavar="CONTAINER...", nargs=-1, required=True)
-    @pass_app
-    def wait_cmd(app: Application, containers: tuple[str, ...]) -> None:
-        """Wait until containers exit; print each exit code.
-
-        \b
-        Example:
-          hanok wait job
-        """
-        for ref in containers:
-            click.echo(app.engine.wait(ref))
-
     @hanok.command("logs")
     @click.argument("container")
     @click.option("-f", "--follow", is_flag=True, help="keep printing new output until the container exits")
@@ -1204,44 +1331,6 @@ def hanok_cli():  # -> click.Group
         logs.show(logs.read(c.path("ctr.log"), tail=None if tail == "all" else int(tail), since=since,
                             timestamps=timestamps, follow=follow, stop=c.output_complete))
 
-    @hanok.command("exec", context_settings={"allow_interspersed_args": False})
-    @click.argument("container")
-    @click.argument("command", nargs=-1, required=True)
-    @click.option("-i", "--interactive", is_flag=True, help="keep stdin open")
-    @click.option("-t", "--tty", is_flag=True, help="allocate a terminal")
-    @click.option("-d", "--detach", is_flag=True, help="do not wait for the command")
-    @click.option("-e", "--env", multiple=True, metavar="KEY=VALUE", help="set an environment variable")
-    @click.option("-w", "--workdir", default=None, help="working directory")
-    @click.option("-u", "--user", default=None, help="USER[:GROUP]")
-    @click.option("--sync", is_flag=True, help="CRI ExecSync: no terminal, no stdin, run to completion")
-    @click.option("--timeout", type=float, default=None, metavar="SECONDS",
-                  help="with --sync: SIGKILL the command after this long and fail (exit 125)")
-    @pass_app
-    def exec_cmd(app: Application, container: str, command: tuple[str, ...], interactive: bool, tty: bool,
-                 detach: bool, env: tuple[str, ...], workdir: str | None, user: str | None, sync: bool,
-                 timeout: float | None) -> None:
-        """Run COMMAND in a running container; exit with its code.
-
-        --sync is a node agent's ExecSync: stdout and stderr are passed
-        through, hanok exits with the command's code; with --timeout a command
-        still running after SECONDS is killed and hanok fails with
-        `hanok: exec ... timed out after Ns and was killed`, exit 125.
-
-        \b
-        Example:
-          hanok exec web cat /etc/hostname
-          hanok exec -it web sh
-          hanok exec --sync --timeout 5 web-app sh -c 'test -f /ready'
-        """
-        if timeout is not None and not sync:
-            raise click.UsageError("--timeout needs --sync")
-        if sync and (tty or interactive or detach):
-            raise click.UsageError("--sync takes no -i, -t or -d")
-        if timeout is not None and timeout <= 0:
-            raise click.BadParameter(f"{timeout:g}: must be positive", param_hint="--timeout")
-        sys.exit(app.engine.exec(container, list(command), env=list(env), workdir=workdir, user=user,
-                                 tty=tty, detach=detach, timeout=timeout, interactive=interactive))
-
     @hanok.command("stats")
     @click.argument("containers", metavar="[CONTAINER...]", nargs=-1)
     @click.option("--no-stream", is_flag=True, help="print once and exit")
@@ -1259,7 +1348,7 @@ def hanok_cli():  # -> click.Group
                                        if r["state"] in ("running", "paused"))
             rows = [app.engine.stats(ref) for ref in refs]
             if as_json:
-                echo_json(rows)
+                _echo_json(rows)
             else:
                 table = [("CONTAINER ID", "NAME", "MEM USAGE / LIMIT", "CPU TIME", "PIDS")]
                 for r in rows:
@@ -1344,7 +1433,7 @@ def hanok_cli():  # -> click.Group
         freed = app.store.gc(in_use_layers=app.engine.in_use_layers())
         report["images"] = freed
         if as_json:
-            echo_json(report)
+            _echo_json(report)
             return
         for key, items in sorted(report.items()):
             if key != "images":
@@ -1413,7 +1502,7 @@ def hanok_cli():  # -> click.Group
 
         nets = network.list_networks(app.store_root)
         if as_json:
-            echo_json([network_json(n) for n in nets])
+            _echo_json([network_json(n) for n in nets])
         elif quiet:
             for n in nets:
                 click.echo(n.name)
@@ -1433,7 +1522,7 @@ def hanok_cli():  # -> click.Group
         """
         from hanok.netns import network
 
-        echo_json(network_json(network.get_network(app.store_root, name)))
+        _echo_json(network_json(network.get_network(app.store_root, name)))
 
     @network_group.command("rm")
     @click.argument("names", metavar="NAME...", nargs=-1, required=True)
@@ -1447,7 +1536,7 @@ def hanok_cli():  # -> click.Group
         """
         from hanok.netns import network
 
-        each(names, lambda name: network.remove_network(app.store_root, app.run_root, name))
+        _each(names, lambda name: network.remove_network(app.store_root, app.run_root, name))
 
     # ------------------------------------------------------------------ pods
 
@@ -1505,7 +1594,7 @@ def hanok_cli():  # -> click.Group
             target, containers = app.engine.pods.create_sandbox(plan, network), []
         if as_json:
             endpoint = target.record.get("network") or {}
-            echo_json({"id": target.id, "name": target.name, "namespace": target.namespace,
+            _echo_json({"id": target.id, "name": target.name, "namespace": target.namespace,
                        "ip": endpoint.get("ip"), "ip6": endpoint.get("ip6"),
                        "containers": [{"name": c.name, "id": c.id} for c in containers]})
         else:
@@ -1532,7 +1621,7 @@ def hanok_cli():  # -> click.Group
                 continue
         rows.sort(key=lambda r: r["created"], reverse=True)
         if as_json:
-            echo_json(rows)
+            _echo_json(rows)
             return
         if quiet:
             for r in rows:
@@ -1542,7 +1631,7 @@ def hanok_cli():  # -> click.Group
         for r in rows:
             running = sum(1 for c in r["containers"] if c["state"] == "running")
             table.append((r["id"] if no_trunc else r["id"][:12], r["namespace"], r["name"], r["state"].capitalize(),
-                          ago(r["created"]), r["ip"] or "", f"{running}/{len(r['containers'])}"))
+                          _ago(r["created"]), r["ip"] or "", f"{running}/{len(r['containers'])}"))
         click.echo(_table(table))
 
     @pod_group.command("inspect")
@@ -1556,7 +1645,7 @@ def hanok_cli():  # -> click.Group
           hanok pod inspect web
           hanok pod inspect kube-system/dns
         """
-        echo_json([app.engine.pods.inspect(ref) for ref in pods])
+        _echo_json([app.engine.pods.inspect(ref) for ref in pods])
 
     @pod_group.command("stop")
     @click.argument("pods", metavar="POD...", nargs=-1, required=True)
@@ -1570,7 +1659,7 @@ def hanok_cli():  # -> click.Group
         Example:
           hanok pod stop -t 2 web
         """
-        each(pods, lambda ref: app.engine.pods.stop(ref, timeout))
+        _each(pods, lambda ref: app.engine.pods.stop(ref, timeout))
 
     @pod_group.command("rm")
     @click.argument("pods", metavar="POD...", nargs=-1, required=True)
@@ -1583,7 +1672,7 @@ def hanok_cli():  # -> click.Group
         Example:
           hanok pod rm -f web
         """
-        each(pods, lambda ref: app.engine.pods.remove(ref, force=force))
+        _each(pods, lambda ref: app.engine.pods.remove(ref, force=force))
 
     @pod_group.command("logs")
     @click.argument("pod")
@@ -1655,7 +1744,7 @@ def hanok_cli():  # -> click.Group
                 progress.finish()
         if as_json:
             image = app.store.image(name)
-            echo_json({"name": name, "digest": image.digest, "id": image.id})
+            _echo_json({"name": name, "digest": image.digest, "id": image.id})
         else:
             click.echo(name)
 
@@ -1732,7 +1821,7 @@ def hanok_cli():  # -> click.Group
                 image = app.store.image(name)
                 out.append({"name": None if name.startswith("sha256:") else name,
                             "digest": image.digest, "id": image.id})
-            echo_json(out)
+            _echo_json(out)
         else:
             for name in names:
                 click.echo(name)
@@ -1803,7 +1892,7 @@ def hanok_cli():  # -> click.Group
                 if "error" in entry:
                     item["error"] = entry["error"]
                 out.append(item)
-            echo_json(out)
+            _echo_json(out)
             return
         for name, entry in rows:
             if "error" in entry:
@@ -1886,7 +1975,7 @@ def hanok_cli():  # -> click.Group
         Example:
           hanok image inspect alpine:3.19
         """
-        echo_json(app.store.inspect(name))
+        _echo_json(app.store.inspect(name))
 
     @image_group.command("prune")
     @click.option("--json", "as_json", is_flag=True, help='print {"blobs", "layers", "bytes"} as JSON')
@@ -1903,7 +1992,7 @@ def hanok_cli():  # -> click.Group
         """
         freed = app.store.gc(in_use_layers=app.engine.in_use_layers())
         if as_json:
-            echo_json(freed)
+            _echo_json(freed)
             return
         for digest in sorted(freed["blobs"]):
             click.echo(f"deleted blob {digest}")

@@ -1,9 +1,10 @@
-"""`hanok run`'s fast path (cli.parse_fast_run) parses exactly as click does, or leaves the line to click.
+"""The per-container commands' fast path (cli.parse_fast) parses exactly as click does, or leaves the line to click.
 
 Each command line is parsed twice: by the fast parser, and by the real click
-group with `run_container` (the code after parsing) replaced by a recorder. The
-two must hand the same store, state and parameters on. Lines the fast parser
-is unsure of must raise _NotFast, so click (and its error messages) handle them.
+group with the command's body (the code after parsing) replaced by a recorder.
+The two must hand the same store, state and parameters on. Lines the fast
+parser is unsure of must raise _NotFast, so click (and its error messages)
+handle them; a usage error a body finds is reported by click either way.
 """
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ from hanok import cli
 
 
 def click_parse(argv: list[str], monkeypatch: pytest.MonkeyPatch,
-                environ: dict[str, str]) -> tuple[dict[str, str], dict[str, object]]:
-    seen: list[tuple[dict[str, str], dict[str, object]]] = []
+                environ: dict[str, str]) -> tuple[dict[str, str], str, dict[str, object]]:
+    seen: list[tuple[dict[str, str], str, dict[str, object]]] = []
 
-    def record(app: cli.Application, params: dict[str, object]) -> None:
-        seen.append(({"store_root": app.store_root, "run_root": app.run_root}, dict(params)))
+    for name, command in cli.FAST_COMMANDS.items():
+        def record(app: cli.Application, params: dict[str, object], name: str = name) -> None:
+            seen.append(({"store_root": app.store_root, "run_root": app.run_root}, name, dict(params)))
 
-    monkeypatch.setattr(cli, "run_container", record)
+        monkeypatch.setattr(command, "body", record)
     for var in ("HANOK_ROOT", "HANOK_STATE"):
         monkeypatch.delenv(var, raising=False)
     for var, value in environ.items():
@@ -54,6 +56,18 @@ def cases(env_file: Path) -> list[list[str]]:
          "--read-only", "--init", "-l", "a=b", "--label", "c", "img"],
         ["run", "--env-file", str(env_file), "--explain", "img"],
         ["run", "--name", "a", "--name", "b", "img"],  # the last one wins
+        ["run", "./bundle"],                          # a bundle: the body says whether the flags fit
+        ["start", "web"], ["start", "-a", "job"], ["start", "a", "b", "-a"],
+        ["stop", "web", "db"], ["stop", "-t", "2", "web"], ["stop", "--time=0.5", "web"], ["stop", "web", "-t3"],
+        ["kill", "web"], ["kill", "-s", "HUP", "web"], ["kill", "--signal=9", "a", "b"],
+        ["rm", "web"], ["rm", "-f", "web"], ["rm", "web", "--force", "db"], ["rm", "--", "-odd"],
+        ["ps"], ["ps", "-a"], ["ps", "-aq", "--no-trunc"], ["ps", "--json", "--pod", "web"], ["ps", "--pod=ns/web"],
+        ["inspect", "web"], ["inspect", "a", "b"], ["wait", "job"],
+        ["exec", "web", "true"], ["exec", "-it", "web", "sh", "-c", "ls -l"], ["exec", "-e", "A=1", "-eB=2", "web", "env"],
+        ["exec", "--sync", "--timeout", "5", "web-app", "cat", "/etc/hostname"], ["exec", "-w", "/tmp", "-u", "1:2",
+                                                                                   "web", "-d"],
+        ["exec", "--timeout", "5", "web", "true"],      # a usage error the body finds (click reports it)
+        ["--store", "/tmp/s", "ps", "-a"],
     ]
 
 
@@ -62,12 +76,15 @@ def test_fast_parser_agrees_with_click(tmp_path: Path, monkeypatch: pytest.Monke
     env_file.write_text("A=1\n")
     for environ in ({}, {"HANOK_ROOT": str(tmp_path / "store"), "HANOK_STATE": ""}):
         for argv in cases(env_file):
-            fast = cli.parse_fast_run(argv, environ)
+            fast = cli.parse_fast(argv, environ)
             assert fast == click_parse(argv, monkeypatch, environ), argv
 
 
 @pytest.mark.parametrize("argv", [
     ["run"],
+    ["stop"], ["stop", "-t", "soon", "web"], ["stop", "-t"], ["rm", "-x", "web"], ["ps", "web"],
+    ["ps", "--help"], ["inspect"], ["exec", "web"], ["exec", "--timeout", "x", "web", "true"], ["logs", "web"],
+    ["start", "--attach=yes", "web"], ["kill", "-s"], ["pod", "ls"],
     ["run", "--help", "img"],
     ["run", "--bogus", "img"],
     ["run", "-z", "img"],
@@ -78,22 +95,19 @@ def test_fast_parser_agrees_with_click(tmp_path: Path, monkeypatch: pytest.Monke
     ["run", "--rm=yes", "img"],
     ["run", "--name"],
     ["run", "--env-file", "/nonexistent/env", "img"],
-    ["run", "/bundle"],
-    ["run", "./bundle"],
     ["--version", "run", "img"],
     ["--store", "/etc/hostname", "run", "img"],      # click.Path(file_okay=False)
     ["--store"],
-    ["ps"],
     ["images", "run"],
 ])
 def test_unsure_lines_go_to_click(argv: list[str]) -> None:
     with pytest.raises(cli._NotFast):
-        cli.parse_fast_run(argv, {})
+        cli.parse_fast(argv, {})
 
 
 def test_completion_goes_to_click() -> None:
     with pytest.raises(cli._NotFast):
-        cli.parse_fast_run(["run", "img"], {"_HANOK_COMPLETE": "bash_source"})
+        cli.parse_fast(["run", "img"], {"_HANOK_COMPLETE": "bash_source"})
 
 
 def _hanok(tmp_path: Path, code: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -116,3 +130,18 @@ def test_fast_run_loads_no_click_and_fails_as_click_does(tmp_path: Path) -> None
     assert fast.stderr.replace("click loaded: False", "click loaded: True") == slow.stderr
     assert fast.stderr.splitlines()[0].startswith("hanok: ") and "no-such-image" in fast.stderr
     assert "click loaded: False" in fast.stderr
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["ps", "--json"], 0),
+    (["rm", "-f", "nosuch"], 125),
+    (["start", "-a", "a", "b"], 2),            # a usage error the body finds: click's message, click's exit code
+    (["exec", "--timeout", "0", "--sync", "web", "true"], 2),
+])
+def test_fast_commands_answer_as_click_does(tmp_path: Path, argv: list[str], code: int) -> None:
+    argv = ["--store", str(tmp_path / "store"), "--state", str(tmp_path / "state"), *argv]
+    fast = _hanok(tmp_path, "from hanok.cli import hanok_main; hanok_main()", argv)
+    slow = _hanok(tmp_path, "from hanok.cli import hanok_cli; hanok_cli()(prog_name='hanok')", argv)
+    assert (fast.returncode, fast.stdout) == (slow.returncode, slow.stdout) and fast.returncode == code
+    assert fast.stderr.replace("click loaded: False", "click loaded: True") == slow.stderr
+    assert ("click loaded: False" in fast.stderr) == (code != 2)
