@@ -643,10 +643,27 @@ class _Usage(Exception):
         self.message, self.param_hint = message, param_hint
 
 
+_ANSI_ESCAPE = r"\033\[[;?0-9]*[a-zA-Z]"  # what click.echo strips from output that is not a terminal
+
+
 def _echo(text: str = "", err: bool = False) -> None:
-    """click.echo's output for a str: the text, a newline, flushed (no click on the fast path)."""
+    """click.echo's output for a str, without click: the text and a newline, flushed; nothing when the
+    stream is closed (`>&-`); escape sequences stripped unless it is a terminal; UTF-8 (errors
+    replaced) even where Python thinks the stream is ASCII."""
     stream = sys.stderr if err else sys.stdout
-    stream.write(text + "\n")
+    if stream is None:
+        return
+    if "\033" in text and not stream.isatty():
+        import re
+
+        text = re.sub(_ANSI_ESCAPE, "", text)
+    line = text + "\n"
+    if (stream.encoding or "ascii").lower() in ("ascii", "us-ascii", "ansi_x3.4-1968"):
+        stream.flush()
+        stream.buffer.write(line.encode("utf-8", "replace"))
+        stream.buffer.flush()
+        return
+    stream.write(line)
     stream.flush()
 
 
@@ -807,6 +824,8 @@ def _stop(app: Application, p: dict) -> None:
     Example:
       hanok stop -t 2 web
     """
+    if p["timeout"] != p["timeout"]:  # nan: no deadline would ever pass, SIGKILL never come
+        raise _Usage("nan: the time must be a number of seconds", param_hint="'-t' / '--time'")
     _each(p["containers"], lambda ref: app.engine.stop(ref, p["timeout"]))
 
 
@@ -916,7 +935,7 @@ def _exec(app: Application, p: dict) -> None:
         raise _Usage("--timeout needs --sync")
     if sync and (p["tty"] or p["interactive"] or p["detach"]):
         raise _Usage("--sync takes no -i, -t or -d")
-    if timeout is not None and timeout <= 0:
+    if timeout is not None and not timeout > 0:  # also nan
         raise _Usage(f"{timeout:g}: must be positive", param_hint="--timeout")
     sys.exit(app.engine.exec(p["container"], list(p["command"]), env=list(p["env"]), workdir=p["workdir"],
                              user=p["user"], tty=p["tty"], detach=p["detach"], timeout=timeout,

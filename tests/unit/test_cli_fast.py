@@ -145,3 +145,33 @@ def test_fast_commands_answer_as_click_does(tmp_path: Path, argv: list[str], cod
     assert (fast.returncode, fast.stdout) == (slow.returncode, slow.stdout) and fast.returncode == code
     assert fast.stderr.replace("click loaded: False", "click loaded: True") == slow.stderr
     assert ("click loaded: False" in fast.stderr) == (code != 2)
+
+
+@pytest.mark.parametrize("redirect, argv, code", [
+    (">&-", ["ps"], 0),                          # a closed stdout: nothing printed, no traceback
+    ("2>&-", ["rm", "nosuch"], 125),             # a closed stderr: the error is lost, the exit code is not
+])
+def test_a_closed_stdout_or_stderr_is_skipped_as_click_does(tmp_path: Path, redirect: str, argv: list[str],
+                                                            code: int) -> None:
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(hanok.__file__)))
+    for main in ("from hanok.cli import hanok_main; hanok_main()",
+                 "from hanok.cli import hanok_cli; hanok_cli()(prog_name='hanok')"):
+        script = f'exec "$0" -c "$1" --store {tmp_path}/store --state {tmp_path}/state {" ".join(argv)} {redirect}'
+        done = subprocess.run(["sh", "-c", script, sys.executable, f"import sys; sys.argv[0] = 'hanok'; {main}"],
+                              capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == code, (main, done.stderr)
+        assert "Traceback" not in done.stderr
+
+
+def test_echo_writes_utf8_to_an_ascii_stream_and_strips_escapes_off_a_terminal() -> None:
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(hanok.__file__)), PYTHONIOENCODING="ascii")
+    done = subprocess.run([sys.executable, "-c", "from hanok.cli import _echo; _echo('\\x1b[1mup\\x1b[0m 1…')"],
+                          capture_output=True, timeout=60, env=env)
+    assert (done.returncode, done.stdout) == (0, "up 1…\n".encode())
+
+
+def test_nan_times_are_usage_errors(tmp_path: Path) -> None:
+    for argv in (["stop", "-t", "nan", "web"], ["exec", "--sync", "--timeout", "nan", "web", "true"]):
+        done = _hanok(tmp_path, "from hanok.cli import hanok_main; hanok_main()",
+                      ["--store", str(tmp_path / "store"), "--state", str(tmp_path / "state"), *argv])
+        assert done.returncode == 2 and "nan" in done.stderr, done.stderr
