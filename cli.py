@@ -3,8 +3,10 @@
 Parse, call, print; no logic. `hanok-oci` is called once per container
 operation by conmon and containerd-shim, so its parser is a small table-driven
 one rather than click: importing click alone costs ~35 ms, more than runc takes
-to run a whole container. `hanok`, the human-facing CLI, is click (it grows with
-the image, network and pod issues).
+to run a whole container. `hanok`, the CLI for people and node agents, is
+click; its per-container commands are also declared as data (FAST_COMMANDS),
+from which their click commands are built and by which a click-free fast path
+parses them, as the same ~35 ms would be a third of a `hanok run`.
 """
 from __future__ import annotations
 

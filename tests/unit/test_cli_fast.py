@@ -63,9 +63,10 @@ def cases(env_file: Path) -> list[list[str]]:
         ["rm", "web"], ["rm", "-f", "web"], ["rm", "web", "--force", "db"], ["rm", "--", "-odd"],
         ["ps"], ["ps", "-a"], ["ps", "-aq", "--no-trunc"], ["ps", "--json", "--pod", "web"], ["ps", "--pod=ns/web"],
         ["inspect", "web"], ["inspect", "a", "b"], ["wait", "job"],
-        ["exec", "web", "true"], ["exec", "-it", "web", "sh", "-c", "ls -l"], ["exec", "-e", "A=1", "-eB=2", "web", "env"],
-        ["exec", "--sync", "--timeout", "5", "web-app", "cat", "/etc/hostname"], ["exec", "-w", "/tmp", "-u", "1:2",
-                                                                                   "web", "-d"],
+        ["exec", "web", "true"], ["exec", "-it", "web", "sh", "-c", "ls -l"],
+        ["exec", "-e", "A=1", "-eB=2", "web", "env"],
+        ["exec", "--sync", "--timeout", "5", "web-app", "cat", "/etc/hostname"],
+        ["exec", "-w", "/tmp", "-u", "1:2", "web", "-d"],
         ["exec", "--timeout", "5", "web", "true"],      # a usage error the body finds (click reports it)
         ["--store", "/tmp/s", "ps", "-a"],
     ]
