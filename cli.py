@@ -575,8 +575,8 @@ class _PullProgress:
 
 # ---------------------------------------------------------------- the per-container commands, and their fast path
 #
-# What a node agent or a script runs once per container (`run`, `create`'s flags, `start`, `stop`,
-# `kill`, `rm`, `wait`, `inspect`, `exec`, `ps`) is a hot path, and importing click costs ~27 ms
+# What a node agent or a script runs once per container (`run`, `create`, `start`, `stop`, `kill`,
+# `rm`, `wait`, `inspect`, `exec`, `logs`, `stats`, `ps`) is a hot path, and importing click costs ~27 ms
 # here: half of a whole `hanok run --rm IMAGE true`, two thirds of a `hanok ps`. So these commands
 # are declared once, as data (FAST_COMMANDS: flags, positional arguments, and a body that knows
 # nothing of click): hanok_cli() builds their click commands from it, and _fast_main() parses a
@@ -593,7 +593,8 @@ class Flag:
 
     names: as click.option takes them, the flags then the destination; kind: "flag" (is_flag),
     "value" (the last one given wins) or "multi" (repeatable, a tuple); convert: "int", "float",
-    "choice" (one of `choices`) or "file" (an existing readable file), as the click type says.
+    "choice" (one of `choices`), "file" (an existing readable file) or "nodir" (a path that is not a
+    directory), as the click type says.
     (A plain class, not a NamedTuple: `typing` is not otherwise imported by hanok-oci's commands.)
     """
 
@@ -944,6 +945,88 @@ def _exec(app: Application, p: dict) -> None:
                              interactive=p["interactive"]))
 
 
+def _create(app: Application, p: dict) -> None:
+    """Create a container of IMAGE without starting it; prints its id.
+
+    With --pod and --config, a node agent's CreateContainer: the container
+    is described by a CRI ContainerConfig and joins the pod's network, IPC
+    and UTS namespaces and its cgroup; `start`, `stop` and `rm` work on it.
+
+    \b
+    Example:
+      hanok create --name job busybox:local sh -c 'echo done'
+      hanok start -a job
+      hanok create --pod web --config container.json
+    """
+    params = dict(p)
+    image, command, pod, config_path = (params.pop(k) for k in ("image", "command", "pod", "config_path"))
+    pull = params["pull"] == "missing"
+    if config_path is not None:
+        from hanok.runtime import pod as pods
+
+        if pod is None or image is not None:
+            raise _Usage("--config takes no IMAGE or COMMAND and needs --pod")
+        target = app.engine.pods.get(pod)
+        options, log_path = pods.container_from_cri_config(pods.load_document(config_path), target.record)
+        _echo(app.engine.pods.create_container(target, options, pull=pull, log_path=log_path).id)
+        return
+    if image is None:
+        raise _Usage("Missing argument 'IMAGE'.")
+    options = run_options_of(image, command, params)
+    if pod is not None:
+        c = app.engine.pods.create_container(app.engine.pods.get(pod), options, pull=pull)
+    else:
+        c = app.engine.create(options, pull=pull)
+    _echo(c.id)
+
+
+def _logs(app: Application, p: dict) -> None:
+    """Print a container's stdout and stderr (kept in the CRI log format).
+
+    \b
+    Example:
+      hanok logs --tail 20 web
+      hanok logs -f -t web
+    """
+    from hanok.runtime import logs
+
+    c = app.engine.get(p["container"])
+    tail = p["tail"]
+    if tail != "all" and not tail.isdigit():
+        raise _Usage(f"{tail!r}: expected a number or all", param_hint="--tail")
+    logs.show(logs.read(c.path("ctr.log"), tail=None if tail == "all" else int(tail), since=p["since"],
+                        timestamps=p["timestamps"], follow=p["follow"], stop=c.output_complete))
+
+
+def _stats(app: Application, p: dict) -> None:
+    """Memory, CPU, pids and I/O of running containers (from their cgroups).
+
+    \b
+    Example:
+      hanok stats --no-stream --json web
+    """
+    while True:
+        refs = p["containers"] or tuple(r["id"] for r in (app.engine.summary(c) for c in app.engine.containers())
+                                        if r["state"] in ("running", "paused"))
+        rows = [app.engine.stats(ref) for ref in refs]
+        if p["as_json"]:
+            _echo_json(rows)
+        else:
+            table = [("CONTAINER ID", "NAME", "MEM USAGE / LIMIT", "CPU TIME", "PIDS")]
+            for r in rows:
+                mem = r.get("memory") or {}
+                limit = mem.get("limit")
+                table.append((r["id"][:12], r["name"],
+                              f"{_human_size(mem.get('current') or 0)} / "
+                              f"{_human_size(limit) if limit else 'unlimited'}",
+                              f"{((r.get('cpu') or {}).get('usageUsec') or 0) / 1e6:.2f}s",
+                              str((r.get("pids") or {}).get("current") or 0)))
+            _echo(_table(table))
+        if p["no_stream"] or p["as_json"]:
+            return
+        time.sleep(2)
+
+
 RUN_FLAGS: tuple[Flag, ...] = (
     Flag(("--name", "name"), "value", "container name (unique; default: a random one)"),
     Flag(("-e", "--env", "env"), "multi", "set an environment variable", "KEY=VALUE"),
@@ -984,6 +1067,22 @@ _CONTAINERS = (Arg("containers", -1, metavar="CONTAINER..."),)
 FAST_COMMANDS: dict[str, FastCommand] = {c.name: c for c in (
     FastCommand("run", RUN_FLAGS + RUN_ONLY_FLAGS, (Arg("image"), Arg("command", -1, required=False)),
                 run_container, interspersed=False),
+    FastCommand("create", RUN_FLAGS + (
+        Flag(("--pod", "pod"), "value", "create it in this pod (its namespaces and cgroup)", "POD"),
+        Flag(("-f", "--config", "config_path"), "value",
+             "a CRI ContainerConfig (JSON or YAML, crictl's field names) instead of IMAGE and flags",
+             convert="nodir"),
+    ), (Arg("image", required=False), Arg("command", -1, required=False)), _create, interspersed=False),
+    FastCommand("logs", (
+        Flag(("-f", "--follow", "follow"), "flag", "keep printing new output until the container exits"),
+        Flag(("-n", "--tail", "tail"), "value", "only the last N lines", default="all"),
+        Flag(("-t", "--timestamps", "timestamps"), "flag", "prefix each line with its time"),
+        Flag(("--since", "since"), "value", "only lines at or after this RFC 3339 time"),
+    ), (Arg("container"),), _logs),
+    FastCommand("stats", (
+        Flag(("--no-stream", "no_stream"), "flag", "print once and exit"),
+        Flag(("--json", "as_json"), "flag", "a JSON array of the raw numbers"),
+    ), (Arg("containers", -1, required=False, metavar="[CONTAINER...]"),), _stats),
     FastCommand("start", (Flag(("-a", "--attach", "attach"), "flag",
                                "show the output and exit with the container's code"),), _CONTAINERS, _start),
     FastCommand("stop", (Flag(("-t", "--time", "timeout"), "value",
@@ -1027,6 +1126,8 @@ def _fast_value(flag: Flag, raw: str) -> object:
     if flag.convert == "choice" and raw not in flag.choices:
         raise _NotFast
     if flag.convert == "file" and not (os.path.isfile(raw) and os.access(raw, os.R_OK)):
+        raise _NotFast
+    if flag.convert == "nodir" and os.path.isdir(raw):
         raise _NotFast
     return raw
 
@@ -1108,9 +1209,9 @@ def _parse_command(command: FastCommand, tokens: Sequence[str]) -> dict[str, obj
             break
     for spec in command.args:
         if spec.nargs == 1:
-            if not positionals:
+            if not positionals and spec.required:
                 raise _NotFast
-            params[spec.dest] = positionals.pop(0)
+            params[spec.dest] = positionals.pop(0) if positionals else None
         else:
             if spec.required and not positionals:
                 raise _NotFast
@@ -1255,14 +1356,9 @@ def hanok_cli():  # -> click.Group
             kw["default"] = flag.default
             kw["show_default"] = flag.show_default
         kw["type"] = {"int": int, "float": float, "file": click.Path(exists=True, dir_okay=False),
-                      "choice": click.Choice(flag.choices), None: None}[flag.convert]
+                      "nodir": click.Path(dir_okay=False), "choice": click.Choice(flag.choices),
+                      None: None}[flag.convert]
         return kw
-
-    def run_options(f):  # type: ignore[no-untyped-def]
-        """The flags `run` and `create` share (docker's names and meanings), from RUN_FLAGS."""
-        for flag in reversed(RUN_FLAGS):
-            f = click.option(*flag.names, **option_kwargs(flag))(f)
-        return f
 
     def click_command(command: FastCommand) -> click.Command:
         """The click command of a FAST_COMMANDS entry: same flags, arguments and body."""
@@ -1284,106 +1380,6 @@ def hanok_cli():  # -> click.Group
 
     for fast in FAST_COMMANDS.values():
         hanok.add_command(click_command(fast))
-
-    @hanok.command("create", context_settings={"allow_interspersed_args": False})
-    @click.argument("image", required=False)
-    @click.argument("command", nargs=-1)
-    @run_options
-    @click.option("--pod", default=None, metavar="POD", help="create it in this pod (its namespaces and cgroup)")
-    @click.option("-f", "--config", "config_path", default=None, type=click.Path(dir_okay=False),
-                  help="a CRI ContainerConfig (JSON or YAML, crictl's field names) instead of IMAGE and flags")
-    @pass_app
-    def create_cmd(app: Application, image: str | None, command: tuple[str, ...], pod: str | None,
-                   config_path: str | None, **kw: object) -> None:
-        """Create a container of IMAGE without starting it; prints its id.
-
-        With --pod and --config, a node agent's CreateContainer: the container
-        is described by a CRI ContainerConfig and joins the pod's network, IPC
-        and UTS namespaces and its cgroup; `start`, `stop` and `rm` work on it.
-
-        \b
-        Example:
-          hanok create --name job busybox:local sh -c 'echo done'
-          hanok start -a job
-          hanok create --pod web --config container.json
-        """
-        pull = kw["pull"] == "missing"
-        if config_path is not None:
-            from hanok.runtime import pod as pods
-
-            if pod is None or image is not None:
-                raise click.UsageError("--config takes no IMAGE or COMMAND and needs --pod")
-            target = app.engine.pods.get(pod)
-            options, log_path = pods.container_from_cri_config(pods.load_document(config_path), target.record)
-            c = app.engine.pods.create_container(target, options, pull=pull, log_path=log_path)
-            click.echo(c.id)
-            return
-        if image is None:
-            raise click.UsageError("Missing argument 'IMAGE'.")
-        options = run_options_of(image, command, kw)
-        if pod is not None:
-            c = app.engine.pods.create_container(app.engine.pods.get(pod), options, pull=pull)
-        else:
-            c = app.engine.create(options, pull=pull)
-        click.echo(c.id)
-
-    @hanok.command("logs")
-    @click.argument("container")
-    @click.option("-f", "--follow", is_flag=True, help="keep printing new output until the container exits")
-    @click.option("-n", "--tail", default="all", show_default=True, help="only the last N lines")
-    @click.option("-t", "--timestamps", is_flag=True, help="prefix each line with its time")
-    @click.option("--since", default=None, help="only lines at or after this RFC 3339 time")
-    @pass_app
-    def logs_cmd(app: Application, container: str, follow: bool, tail: str, timestamps: bool,
-                 since: str | None) -> None:
-        """Print a container's stdout and stderr (kept in the CRI log format).
-
-        \b
-        Example:
-          hanok logs --tail 20 web
-          hanok logs -f -t web
-        """
-        from hanok.runtime import logs
-
-        c = app.engine.get(container)
-        if tail != "all" and not tail.isdigit():
-            raise click.BadParameter(f"{tail!r}: expected a number or all", param_hint="--tail")
-
-        logs.show(logs.read(c.path("ctr.log"), tail=None if tail == "all" else int(tail), since=since,
-                            timestamps=timestamps, follow=follow, stop=c.output_complete))
-
-    @hanok.command("stats")
-    @click.argument("containers", metavar="[CONTAINER...]", nargs=-1)
-    @click.option("--no-stream", is_flag=True, help="print once and exit")
-    @click.option("--json", "as_json", is_flag=True, help="a JSON array of the raw numbers")
-    @pass_app
-    def stats_cmd(app: Application, containers: tuple[str, ...], no_stream: bool, as_json: bool) -> None:
-        """Memory, CPU, pids and I/O of running containers (from their cgroups).
-
-        \b
-        Example:
-          hanok stats --no-stream --json web
-        """
-        while True:
-            refs = containers or tuple(r["id"] for r in (app.engine.summary(c) for c in app.engine.containers())
-                                       if r["state"] in ("running", "paused"))
-            rows = [app.engine.stats(ref) for ref in refs]
-            if as_json:
-                _echo_json(rows)
-            else:
-                table = [("CONTAINER ID", "NAME", "MEM USAGE / LIMIT", "CPU TIME", "PIDS")]
-                for r in rows:
-                    mem = r.get("memory") or {}
-                    limit = mem.get("limit")
-                    table.append((r["id"][:12], r["name"],
-                                  f"{_human_size(mem.get('current') or 0)} / "
-                                  f"{_human_size(limit) if limit else 'unlimited'}",
-                                  f"{((r.get('cpu') or {}).get('usageUsec') or 0) / 1e6:.2f}s",
-                                  str((r.get("pids") or {}).get("current") or 0)))
-                click.echo(_table(table))
-            if no_stream or as_json:
-                return
-            time.sleep(2)
 
     @hanok.command("port")
     @click.argument("container")

@@ -69,6 +69,14 @@ def cases(env_file: Path) -> list[list[str]]:
         ["exec", "-w", "/tmp", "-u", "1:2", "web", "-d"],
         ["exec", "--timeout", "5", "web", "true"],      # a usage error the body finds (click reports it)
         ["--store", "/tmp/s", "ps", "-a"],
+        ["create", "img"], ["create", "--name", "job", "-e", "A=1", "img", "sh", "-c", "echo done"],
+        ["create", "--pod", "web", "--config", "/tmp/app.json"], ["create", "--pod", "web", "-f", "/tmp/app.json"],
+        ["create", "--config", "/tmp/app.json", "img"],   # a usage error the body finds
+        ["create", "--rm"],                               # no IMAGE: the body says so, as click did
+        ["logs", "web"], ["logs", "-f", "-t", "--tail", "20", "web"],
+        ["logs", "web", "-n3", "--since=2026-01-01T00:00:00Z"],
+        ["logs", "--tail", "x", "web"],
+        ["stats"], ["stats", "--no-stream", "--json", "web", "db"], ["stats", "web", "--json"],
     ]
 
 
@@ -84,8 +92,9 @@ def test_fast_parser_agrees_with_click(tmp_path: Path, monkeypatch: pytest.Monke
 @pytest.mark.parametrize("argv", [
     ["run"],
     ["stop"], ["stop", "-t", "soon", "web"], ["stop", "-t"], ["rm", "-x", "web"], ["ps", "web"],
-    ["ps", "--help"], ["inspect"], ["exec", "web"], ["exec", "--timeout", "x", "web", "true"], ["logs", "web"],
+    ["ps", "--help"], ["inspect"], ["exec", "web"], ["exec", "--timeout", "x", "web", "true"],
     ["start", "--attach=yes", "web"], ["kill", "-s"], ["pod", "ls"],
+    ["create", "--config", "/tmp"], ["logs"], ["logs", "a", "b"], ["stats", "--stream"],
     ["run", "--help", "img"],
     ["run", "--bogus", "img"],
     ["run", "-z", "img"],
