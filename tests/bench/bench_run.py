@@ -14,6 +14,11 @@ Then pod start (sandbox + 2 containers, issue 6's node-agent path): `hanok
 pod run -f pod.yaml` (two busybox `sleep` containers, `--network none`)
 against `podman pod create` + two `podman run -d --pod` (its infra container
 included, as podman starts pods), each pod removed untimed after its sample.
+
+Then the per-container commands a node agent or a script calls on a running
+container (`exec C true`, `ps --json`, `inspect C`, `stats --no-stream`, `logs
+C`), and a create / start / stop -t 0 / rm cycle, each against podman's same
+command, alternated.
 """
 from __future__ import annotations
 
@@ -74,6 +79,48 @@ def pod_start(hanok: list[str], podman: list[str], env: dict[str, str], base: Pa
         values.sort()
         print(f"  {side:7} median {statistics.median(values):8.1f}   p90 {values[int(len(values) * 0.9) - 1]:8.1f}")
     print(f"  hanok/podman {statistics.median(samples['hanok']) / statistics.median(samples['podman']):.2f}x")
+
+
+def commands(hanok: list[str], podman: list[str], env: dict[str, str], pairs: int) -> None:
+    """Median time of each per-container command on a running container, hanok against podman."""
+    hanok_ps, podman_ps = ["ps", "--json"], ["ps", "--format", "json"]
+    stats = ["stats", "--no-stream"]
+    for side, argv, run_env in (("hanok", hanok, None), ("podman", podman, env)):
+        subprocess.run(argv + ["run", "-d", "--network", "none", "--name", "bench-cmd", IMAGE, "sleep", "1000"],
+                       check=True, capture_output=True, env=run_env)
+    try:
+        steps = [("exec C true", ["exec", "bench-cmd", "true"], ["exec", "bench-cmd", "true"]),
+                 ("ps (JSON)", hanok_ps, podman_ps),
+                 ("inspect C", ["inspect", "bench-cmd"], ["inspect", "bench-cmd"]),
+                 ("stats --no-stream C", stats + ["bench-cmd"], stats + ["bench-cmd"]),
+                 ("logs C", ["logs", "bench-cmd"], ["logs", "bench-cmd"])]
+        print(f"per-container commands on a running container, {pairs} pairs (ms)")
+        print(f"  {'command':24} {'hanok':>8} {'podman':>8} {'ratio':>7}")
+        for label, h_args, p_args in steps:
+            samples: dict[str, list[float]] = {"hanok": [], "podman": []}
+            for i in range(WARMUP + pairs):
+                h = timed(hanok + h_args)
+                p = timed(podman + p_args, env)
+                if i >= WARMUP:
+                    samples["hanok"].append(h)
+                    samples["podman"].append(p)
+            h_med, p_med = statistics.median(samples["hanok"]), statistics.median(samples["podman"])
+            print(f"  {label:24} {h_med:8.1f} {p_med:8.1f} {h_med / p_med:6.2f}x")
+    finally:
+        subprocess.run(hanok + ["rm", "-f", "bench-cmd"], capture_output=True)
+        subprocess.run(podman + ["rm", "-f", "-t", "0", "bench-cmd"], capture_output=True, env=env)
+    cycle: dict[str, list[float]] = {"hanok": [], "podman": []}
+    for i in range(WARMUP + pairs):
+        for side, argv, run_env in (("hanok", hanok, None), ("podman", podman, env)):
+            name = f"bench-cycle{i}"
+            total = timed(argv + ["create", "--network", "none", "--name", name, IMAGE, "sleep", "1000"], run_env)
+            total += timed(argv + ["start", name], run_env)
+            total += timed(argv + ["stop", "-t", "0", name], run_env)
+            total += timed(argv + ["rm", name], run_env)
+            if i >= WARMUP:
+                cycle[side].append(total)
+    h_med, p_med = statistics.median(cycle["hanok"]), statistics.median(cycle["podman"])
+    print(f"  {'create+start+stop+rm':24} {h_med:8.1f} {p_med:8.1f} {h_med / p_med:6.2f}x")
 
 
 def podman_sandbox(base: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
@@ -139,6 +186,7 @@ def main() -> None:
         ratio = statistics.median(samples["hanok"]) / statistics.median(samples["podman"])
         print(f"  hanok/podman {ratio:.2f}x (target <= 0.5x)")
         pod_start(hanok, podman, env, base, args.pod_pairs)
+        commands(hanok, podman, env, args.pod_pairs)
     finally:
         if holder is not None:
             holder.kill()
