@@ -549,6 +549,22 @@ def teardown(state_root: str, run_dir: str, owner: str) -> None:
         os.unlink(_endpoint_path(state_root, owner))
     except FileNotFoundError:
         pass
+    _remove_stale_temp_records(state_root, owner)
+
+
+def _remove_stale_temp_records(state_root: str, owner: str) -> None:
+    """A process killed inside _write_json leaves `<owner>.json.tmp-<pid>`: gone with its owner."""
+    prefix = os.path.basename(_endpoint_path(state_root, owner)) + ".tmp-"
+    try:
+        names = os.listdir(_endpoints_dir(state_root))
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.startswith(prefix):
+            try:
+                os.unlink(os.path.join(_endpoints_dir(state_root), name))
+            except FileNotFoundError:
+                pass
 
 
 def _release(state_root: str, name: str, owner: str) -> None:

@@ -321,6 +321,17 @@ def test_record_without_namespace_is_set_up_again(env: Env):
     assert _in_netns(again["netns"], "ip", "-o", "-4", "addr", "show", "dev", "eth0").stdout.count("inet ") == 1
 
 
+def test_teardown_removes_a_record_a_killed_writer_left_half_written(env: Env):
+    env.setup("killed")
+    endpoints = os.path.join(env.state_root, "net", "endpoints")
+    stale = os.path.join(endpoints, "killed.json.tmp-4194304")
+    with open(stale, "w") as f:
+        f.write('{"netw')
+    env.teardown("killed")
+    assert not os.path.exists(stale)
+    _assert_owner_gone(env, "killed")
+
+
 def test_teardown_is_idempotent(env: Env):
     env.setup("twice")
     env.teardown("twice")
