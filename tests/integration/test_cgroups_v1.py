@@ -241,6 +241,26 @@ def test_enter_and_procs(cg: Cgroups) -> None:
     assert m.procs() == []
 
 
+def test_a_process_enters_itself_into_every_hierarchy(cg: Cgroups) -> None:
+    """enter_self (how a container's init joins on v1): the caller, and only it, moves in everywhere."""
+    m = cg.manager()
+    m.create()
+    assert m.can_enter_self
+    spec = f"{cg.top}/c1"
+    p = cg.gated(f"from hanok import cgroups; cgroups.manager({spec!r}, 'c1').enter_self(); "
+                 "print('in', flush=True); import time; time.sleep(30)")
+    assert p.stdin is not None and p.stdout is not None
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    assert p.stdout.readline() == "in\n"
+    assert m.procs() == [p.pid]
+    hierarchies = [line.split(":", 2) for line in Path(f"/proc/{p.pid}/cgroup").read_text().splitlines()]
+    assert [path for _, controllers, path in hierarchies if controllers and not path.endswith(m.path)] == []
+    assert os.getpid() not in m.procs()
+    m.kill()
+    assert p.wait(5) == -signal.SIGKILL
+
+
 def test_pids_limit_stops_forks(cg: Cgroups) -> None:
     m = cg.manager()
     m.create()

@@ -55,6 +55,22 @@ def test_limits_are_written_and_the_cgroup_goes_with_delete(
     assert leftover_cgroups(cid) == []
 
 
+def test_the_init_and_an_exec_are_in_every_hierarchy_of_the_container(
+    oci: Runtime, bundle: BundleFactory, ids: ContainerIds, tmp_path: Path
+) -> None:
+    """On v1 both move themselves in (cgroups.V1Manager.enter_self); on v2 the parent moves them."""
+    cid = ids.new()
+    init = start_detached(oci, bundle, cid, default_config("sleep", "30"))
+    oci.ok("exec", "--detach", "--pid-file", str(tmp_path / "exec.pid"), cid, "sleep", "30")
+    for pid in (init, int((tmp_path / "exec.pid").read_text())):
+        lines = [line.split(":", 2) for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()]
+        outside = [line for line in lines if (line[1] or cgroups.host_mode() == cgroups.UNIFIED)
+                   and not line[2].endswith(f"/hanok/{cid}")]
+        assert lines and outside == [], lines
+    oci.ok("delete", "--force", cid)
+    assert leftover_cgroups(cid) == []
+
+
 def test_pids_limit_stops_forks(run_capture: RunCapture) -> None:
     script = "for i in 1 2 3 4 5 6 7 8; do sleep 3 & done; echo done"
     unlimited = run_capture(default_config(*sh(script)))
