@@ -124,8 +124,6 @@ def leak_check(session_dir: Path, state_dirs: dict[Path, str]) -> Iterator[None]
     mounts, links, netns, cgroups = host_mounts(), host_links(), host_netns(), _hanok_cgroups()
     tables = _nft_tables()
     yield
-    if os.environ.get("HANOK_TEST_CONCURRENT_SESSIONS"):  # other sessions on this host make and remove things too
-        return
     problems: list[str] = []
     for table in sorted(_nft_tables() - tables):
         problems.append(f"new nft table: {table}")
