@@ -1711,18 +1711,14 @@ def hanok_cli():  # -> click.Group
         target = app.engine.pods.get(pod)
         if tail != "all" and not tail.isdigit():
             raise click.BadParameter(f"{tail!r}: expected a number or all", param_hint="--tail")
-        members = target.containers()
-        # pods made before namespaces were part of names called their containers POD-CONTAINER everywhere
-        prefixes = (target.container_name(""), f"{target.name}-")
         if container is not None:
-            members = [c for c in members if c.name in {prefix + container for prefix in prefixes}]
-            if not members:
-                raise NotFound(f"pod {target.ref} has no container {container}")
-        elif len(members) != 1:
-            names = ", ".join(sorted(next((c.name[len(p):] for p in prefixes if c.name.startswith(p)), c.name)
-                                     for c in members)) or "none"
-            raise click.UsageError(f"pod {target.ref} has {len(members)} containers ({names}): choose one with -c")
-        c = members[0]
+            c = target.member(container)
+        else:
+            members = target.containers()
+            if len(members) != 1:
+                names = ", ".join(sorted(target.short_name(m) for m in members)) or "none"
+                raise click.UsageError(f"pod {target.ref} has {len(members)} containers ({names}): choose one with -c")
+            c = members[0]
 
         logs.show(logs.read(c.path("ctr.log"), tail=None if tail == "all" else int(tail),
                             timestamps=timestamps, follow=follow, stop=c.output_complete))

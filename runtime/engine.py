@@ -859,17 +859,7 @@ class Engine:
                 overlay.unmount(os.path.join(path, "bundle", "rootfs"))
                 remove_owner_dir(path)
                 report["halfMade"].append(entry)
-        try:
-            names = os.listdir(self.names_dir)
-        except FileNotFoundError:
-            names = []
-        for name in names:
-            link = os.path.join(self.names_dir, name)
-            with contextlib.suppress(OSError):
-                if (not os.path.exists(os.path.join(self.containers_dir, os.readlink(link), RECORD))
-                        and now - os.lstat(link).st_mtime > grace_seconds):
-                    os.unlink(link)
-                    report["names"].append(name)
+        report["names"] = remove_dangling_links(self.names_dir, self.containers_dir, RECORD, grace_seconds)
         known = set(self.ids())
         for cid in state.list_ids(self.oci_root):
             if cid not in known:
@@ -969,6 +959,11 @@ def resolve_ref(ref: str, kind: str, owners_dir: str, names_dir: str, record: st
             target = None
         if target and os.path.isfile(os.path.join(owners_dir, target, record)):
             return target
+    return id_by_prefix(ref, kind, owners_dir, record)
+
+
+def id_by_prefix(ref: str, kind: str, owners_dir: str, record: str) -> str:
+    """The one id (of a container or pod) starting with `ref`; NotFound, or InvalidArgument when several do."""
     if _HEX.issuperset(ref):
         matches = [i for i in record_ids(owners_dir, record) if i.startswith(ref)]
         if len(matches) == 1:
@@ -1037,6 +1032,25 @@ def name_lock(names_dir: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def remove_dangling_links(names_dir: str, owners_dir: str, record: str, grace_seconds: float) -> list[str]:
+    """gc of names/ (containers' or pods'): links whose owner has no record and that are older than
+    `grace_seconds` (a younger one may be a create in progress) are removed; returns their names."""
+    now = time.time()
+    removed = []
+    try:
+        names = os.listdir(names_dir)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        link = os.path.join(names_dir, name)
+        with contextlib.suppress(OSError):  # not a link (.lock), or gone meanwhile
+            if (not os.path.isfile(os.path.join(owners_dir, os.readlink(link), record))
+                    and now - os.lstat(link).st_mtime > grace_seconds):
+                os.unlink(link)
+                removed.append(name)
+    return removed
 
 
 def claim_link(names_dir: str, name: str, owner_id: str, owners_dir: str) -> bool:

@@ -773,6 +773,22 @@ class Pod:
                     out.append(c)
         return out
 
+    def _name_prefixes(self) -> tuple[str, str]:
+        # a pod made before namespaces were part of names called its containers POD-CONTAINER everywhere
+        return self.container_name(""), f"{self.name}-"
+
+    def short_name(self, c: "Container") -> str:
+        """The name a container of this pod has in its manifest (`app` of `web-app` or `shop_web-app`)."""
+        return next((c.name[len(p):] for p in self._name_prefixes() if c.name.startswith(p)), c.name)
+
+    def member(self, container: str) -> "Container":
+        """This pod's container called `container` in its manifest; NotFound if there is none."""
+        names = {prefix + container for prefix in self._name_prefixes()}
+        found = [c for c in self.containers() if c.name in names]
+        if not found:
+            raise NotFound(f"pod {self.ref} has no container {container}")
+        return found[0]
+
 
 class Pods:
     """hanok's pods under one engine's store and run directory."""
@@ -801,8 +817,8 @@ class Pods:
         """
         if not ref:
             raise InvalidArgument("a pod name or id is required")
-        hexadecimal = _HEX.issuperset(ref)  # and so no '/' or '..' that would leave pods/
-        if hexadecimal and len(ref) == 64 and self._recorded(ref):
+        # all hex (and so no '/' or '..' that would leave pods/) before it becomes a path
+        if len(ref) == 64 and _HEX.issuperset(ref) and self._recorded(ref):
             return Pod(self, ref)
         self._migrate_legacy_links()
         if "/" in ref:
@@ -822,13 +838,9 @@ class Pods:
         if named:
             listed = ", ".join(f"{namespace}/{ref}" for namespace, _ in named)
             raise InvalidArgument(f'pod name "{ref}" is ambiguous: {listed} (give NAMESPACE/NAME or the id)')
-        if hexadecimal:
-            matches = [i for i in self.ids() if i.startswith(ref)]
-            if len(matches) == 1:
-                return Pod(self, matches[0])
-            if matches:
-                raise InvalidArgument(f"pod id prefix {ref!r} is ambiguous ({len(matches)} pods)")
-        raise NotFound(f"no such pod: {ref}")
+        from hanok.runtime.engine import id_by_prefix
+
+        return Pod(self, id_by_prefix(ref, "pod", self.pods_dir, RECORD))
 
     _LEGACY_DONE = ".namespaced"  # in names/: the links of older pods have been given their namespace
 
@@ -1131,16 +1143,9 @@ class Pods:
                     _destroy_cgroup(cgroups.manager(f"/{cgroups.DEFAULT_PARENT}/pod-{entry}", entry))
                 _rmtree(path)
                 report["pods"].append(entry)
-        try:
-            names = os.listdir(self.names_dir)
-        except FileNotFoundError:
-            names = []
-        for name in names:
-            link = os.path.join(self.names_dir, name)
-            with contextlib.suppress(OSError):
-                if (os.readlink(link) not in known and now - os.lstat(link).st_mtime > grace_seconds):
-                    os.unlink(link)
-                    report["podNames"].append(name)
+        from hanok.runtime.engine import remove_dangling_links
+
+        report["podNames"] = remove_dangling_links(self.names_dir, self.pods_dir, RECORD, grace_seconds)
         try:
             run_entries = os.listdir(self.run_pods_dir)
         except FileNotFoundError:
