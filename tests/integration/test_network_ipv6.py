@@ -17,13 +17,14 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import test_network
 from hanok.netns import bridge, ipam, namespace, network
 from hanok.runtime.errors import InvalidArgument, NetError
 from helpers import mounts_under
+from test_network import _links
 
 TEST_TABLE = "hanoktest6" + secrets.token_hex(3)
 
@@ -82,10 +83,6 @@ def _random_subnet6() -> str:
             return str(subnet)
 
 
-def _links() -> set[str]:
-    return set(os.listdir("/sys/class/net"))
-
-
 def _nft_table_exists(family: str) -> bool:
     listed = subprocess.run(["nft", "list", "table", family, TEST_TABLE], capture_output=True, text=True)
     return listed.returncode == 0
@@ -95,24 +92,8 @@ def _in_netns(path: str, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(["nsenter", f"--net={path}", *argv], capture_output=True, text=True, timeout=30)
 
 
-@dataclass
-class Env:
-    state_root: str
-    run_dir: str
-    config: network.NetworkConfig
-    owners: set[str] = field(default_factory=set)
-    bridges: set[str] = field(default_factory=set)
-
-    def setup(self, owner: str, **kwargs) -> dict:
-        self.owners.add(owner)
-        kwargs.setdefault("network", self.config.name)
-        return network.setup(self.state_root, self.run_dir, owner, **kwargs)
-
-    def teardown(self, owner: str) -> None:
-        network.teardown(self.state_root, self.run_dir, owner)
-
-    def links(self) -> set[str]:
-        return _links() & (self.bridges | {bridge.host_ifname(owner) for owner in self.owners})
+class Env(test_network.Env):
+    """test_network's Env on a dual-stack network."""
 
     def pool6(self) -> ipam.Pool:
         assert self.config.subnet6 is not None
