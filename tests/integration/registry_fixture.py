@@ -194,11 +194,13 @@ class _TokenHandler(BaseHTTPRequestHandler):
 
 
 class Proxy(_Server):
-    """Forwards to `upstream` (host:port); logs (method, path); can cut blob downloads.
+    """Forwards to `upstream` (host:port); logs (method, path); can cut or hold blob downloads.
 
     `drop_blobs`: how many blob GETs (counted over the proxy's life) to cut
     half-way; `honour_range`: forward Range headers (resume) or strip them
-    (the client must start over).
+    (the client must start over); `gates`: blob digest -> an object whose
+    hold() a GET of that blob calls before it is forwarded (a test holds a
+    pull at a chosen layer there).
     """
 
     def __init__(self, upstream: str):
@@ -206,6 +208,7 @@ class Proxy(_Server):
         self.log: list[tuple[str, str, str]] = []  # (method, path, range)
         self.drop_blobs = 0
         self.honour_range = True
+        self.gates: dict[str, object] = {}  # each with a hold() method
         self.dropped = 0
         self.lock = threading.Lock()
         super().__init__(_ProxyHandler)
@@ -234,6 +237,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             drop = method == "GET" and "/blobs/" in self.path and owner.dropped < owner.drop_blobs
             if drop:
                 owner.dropped += 1
+        gate = owner.gates.get(self.path.rsplit("/", 1)[-1]) if method == "GET" and "/blobs/" in self.path else None
+        if gate is not None:
+            gate.hold()  # type: ignore[attr-defined]
         conn = http.client.HTTPConnection(owner.upstream, timeout=30)
         try:
             conn.request(method, self.path, headers=headers)

@@ -15,20 +15,18 @@ Needs: docker-registry, skopeo, busybox-static (Debian). Traffic stays on 127.0.
 """
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 from hanok.images import archive, overlay, registry
 from hanok.images.store import Ingest, Operation, Store
 from hanok.runtime.errors import ImageError
-from registry_fixture import REGISTRY_BIN, Registry, _Server
+from registry_fixture import REGISTRY_BIN, Proxy, Registry
 from test_images_offline import BUSYBOX, busybox_layers, tar_bytes, write_layout
 from test_registry import skopeo_push
 
@@ -53,50 +51,6 @@ class Gate:
 
     def reached(self) -> None:
         assert self.arrived.wait(WAIT), "the operation never reached its gate"
-
-
-class GateProxy(_Server):
-    """Forwards to the registry; a blob GET whose digest has a Gate in `gates` waits for it first."""
-
-    def __init__(self, upstream: str):
-        self.upstream = upstream
-        self.gates: dict[str, Gate] = {}
-        super().__init__(_GateHandler)
-
-
-class _GateHandler(BaseHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._forward("HEAD")
-
-    def do_GET(self) -> None:  # noqa: N802
-        owner: GateProxy = self.server.owner  # type: ignore[attr-defined]
-        gate = owner.gates.get(self.path.rsplit("/", 1)[-1]) if "/blobs/" in self.path else None
-        if gate is not None:
-            gate.hold()
-        self._forward("GET")
-
-    def _forward(self, method: str) -> None:
-        owner: GateProxy = self.server.owner  # type: ignore[attr-defined]
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
-        conn = http.client.HTTPConnection(owner.upstream, timeout=30)
-        try:
-            conn.request(method, self.path, headers=headers)
-            resp = conn.getresponse()
-            body = resp.read()
-        finally:
-            conn.close()
-        self.send_response(resp.status, resp.reason)
-        for k, v in resp.getheaders():
-            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if method == "GET":
-            self.wfile.write(body)
 
 
 class GatedStore(Store):
@@ -143,7 +97,7 @@ class Env:
         try:
             self.registry = Registry(work / "registry", work / "storage")
             self.stopping.append(self.registry)
-            self.proxy = GateProxy(self.registry.host)
+            self.proxy = Proxy(self.registry.host)
             self.stopping.append(self.proxy)
             self._images()
         except BaseException:
