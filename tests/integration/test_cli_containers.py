@@ -12,6 +12,7 @@ default bridge network belongs to the host, not to tests.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -61,21 +62,30 @@ def failed(done: subprocess.CompletedProcess[str], message: str, code: int = 125
     assert (done.returncode, done.stdout, done.stderr) == (code, "", f"hanok: {message}\n"), done
 
 
-@pytest.fixture(scope="module")
-def hanok(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hanok]:
-    """A store holding the busybox image, and a run directory; both removed after the module."""
-    base = Path(tmp_path_factory.mktemp("hanok-containers"))
+@contextlib.contextmanager
+def busybox_store(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Hanok]:
+    """A store holding the busybox image, and a run directory; their pods and containers removed after."""
+    base = Path(tmp_path_factory.mktemp(name))
     base.chmod(0o755)
     h = Hanok(base / "store", base / "run")
     h.ok("bundle", "busybox", str(base / "bb"))
     h.ok("import", str(base / "bb" / "rootfs"), IMAGE)
     yield h
+    for pid in h.ok("pod", "ls", "-q", "--no-trunc").split():
+        h("pod", "rm", "-f", pid)
     for cid in h.container_ids():
         h("rm", "-f", cid)
-    # the netns directory stays a (shared) mount of itself once made, as /run/netns does with `ip netns`
-    if str(h.run / "netns") in mounts_under(h.run):
-        subprocess.run(["umount", str(h.run / "netns")], check=True)
+    # the netns and pods directories stay (shared) mounts of themselves once made, as /run/netns does
+    for shared in ("netns", "pods"):
+        if str(h.run / shared) in mounts_under(h.run):
+            subprocess.run(["umount", str(h.run / shared)], check=True)
     assert mounts_under(base) == []
+
+
+@pytest.fixture(scope="module")
+def hanok(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hanok]:
+    with busybox_store(tmp_path_factory, "hanok-containers") as h:
+        yield h
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from helpers import BUSYBOX, mounts_under
-from test_cli_containers import IMAGE, Hanok, failed, wait_for
+from test_cli_containers import IMAGE, Hanok, busybox_store, failed, wait_for
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CRI_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (stdout|stderr) (F|P) (.*)$")
@@ -35,22 +35,8 @@ def pod_cgroups() -> list[Path]:
 
 @pytest.fixture(scope="module")
 def hanok(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hanok]:
-    """A store holding the busybox image, and a run directory; both removed after the module."""
-    base = Path(tmp_path_factory.mktemp("hanok-pods"))
-    base.chmod(0o755)
-    h = Hanok(base / "store", base / "run")
-    h.ok("bundle", "busybox", str(base / "bb"))
-    h.ok("import", str(base / "bb" / "rootfs"), IMAGE)
-    yield h
-    for pid in h.ok("pod", "ls", "-q", "--no-trunc").split():
-        h("pod", "rm", "-f", pid)
-    for cid in h.container_ids():
-        h("rm", "-f", cid)
-    # the netns and pods directories stay (shared) mounts of themselves once made, as /run/netns does
-    for shared in ("netns", "pods"):
-        if str(h.run / shared) in mounts_under(h.run):
-            subprocess.run(["umount", str(h.run / shared)], check=True)
-    assert mounts_under(base) == []
+    with busybox_store(tmp_path_factory, "hanok-pods") as h:
+        yield h
 
 
 @pytest.fixture(autouse=True)
