@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -58,69 +59,78 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     return elapsed
 
 
-def pod_start(hanok: list[str], podman: list[str], env: dict[str, str], base: Path, pairs: int) -> None:
-    """Median time to a running pod of two containers, hanok against podman, alternated."""
+def alternated(pairs: int, hanok_sample: Callable[[int], float],
+               podman_sample: Callable[[int], float]) -> dict[str, list[float]]:
+    """hanok, podman, hanok, podman...: WARMUP uncounted pairs, then `pairs` samples (ms) of each."""
     samples: dict[str, list[float]] = {"hanok": [], "podman": []}
     for i in range(WARMUP + pairs):
-        manifest = base / "pod.yaml"
-        manifest.write_text(POD_MANIFEST.format(name=f"bench{i}", image=IMAGE))
-        h = timed(hanok + ["pod", "run", "--network", "none", "-f", str(manifest)])
-        subprocess.run(hanok + ["pod", "rm", "-f", f"bench{i}"], check=True, capture_output=True)
-        p = timed(podman + ["pod", "create", "--name", f"bench{i}", "--network", "none"], env)
-        for name in ("a", "b"):
-            p += timed(podman + ["run", "-d", "--pod", f"bench{i}", "--name", f"bench{i}-{name}", IMAGE,
-                                 "sleep", "1000"], env)
-        subprocess.run(podman + ["pod", "rm", "-f", "-t", "0", f"bench{i}"], check=True, capture_output=True, env=env)
+        h, p = hanok_sample(i), podman_sample(i)
         if i >= WARMUP:
             samples["hanok"].append(h)
             samples["podman"].append(p)
-    print(f"pod start (sandbox + 2 containers), {pairs} pairs (ms)")
+    return samples
+
+
+def report(title: str, samples: dict[str, list[float]], target: str = "") -> None:
+    print(title)
     for side, values in samples.items():
-        values.sort()
+        values = sorted(values)
         print(f"  {side:7} median {statistics.median(values):8.1f}   p90 {values[int(len(values) * 0.9) - 1]:8.1f}")
-    print(f"  hanok/podman {statistics.median(samples['hanok']) / statistics.median(samples['podman']):.2f}x")
+    print(f"  hanok/podman {statistics.median(samples['hanok']) / statistics.median(samples['podman']):.2f}x{target}")
+
+
+def pod_start(hanok: list[str], podman: list[str], env: dict[str, str], base: Path, pairs: int) -> None:
+    """Median time to a running pod of two containers, hanok against podman, alternated."""
+    def hanok_pod(i: int) -> float:
+        manifest = base / "pod.yaml"
+        manifest.write_text(POD_MANIFEST.format(name=f"bench{i}", image=IMAGE))
+        elapsed = timed(hanok + ["pod", "run", "--network", "none", "-f", str(manifest)])
+        subprocess.run(hanok + ["pod", "rm", "-f", f"bench{i}"], check=True, capture_output=True)
+        return elapsed
+
+    def podman_pod(i: int) -> float:
+        elapsed = timed(podman + ["pod", "create", "--name", f"bench{i}", "--network", "none"], env)
+        for name in ("a", "b"):
+            elapsed += timed(podman + ["run", "-d", "--pod", f"bench{i}", "--name", f"bench{i}-{name}", IMAGE,
+                                       "sleep", "1000"], env)
+        subprocess.run(podman + ["pod", "rm", "-f", "-t", "0", f"bench{i}"], check=True, capture_output=True, env=env)
+        return elapsed
+
+    report(f"pod start (sandbox + 2 containers), {pairs} pairs (ms)", alternated(pairs, hanok_pod, podman_pod))
 
 
 def commands(hanok: list[str], podman: list[str], env: dict[str, str], pairs: int) -> None:
     """Median time of each per-container command on a running container, hanok against podman."""
-    hanok_ps, podman_ps = ["ps", "--json"], ["ps", "--format", "json"]
-    stats = ["stats", "--no-stream"]
-    for side, argv, run_env in (("hanok", hanok, None), ("podman", podman, env)):
+    stats = ["stats", "--no-stream", "bench-cmd"]
+    steps = [("exec C true", ["exec", "bench-cmd", "true"], ["exec", "bench-cmd", "true"]),
+             ("ps (JSON)", ["ps", "--json"], ["ps", "--format", "json"]),
+             ("inspect C", ["inspect", "bench-cmd"], ["inspect", "bench-cmd"]),
+             ("stats --no-stream C", stats, stats),
+             ("logs C", ["logs", "bench-cmd"], ["logs", "bench-cmd"])]
+
+    def row(label: str, samples: dict[str, list[float]]) -> None:
+        h_med, p_med = statistics.median(samples["hanok"]), statistics.median(samples["podman"])
+        print(f"  {label:24} {h_med:8.1f} {p_med:8.1f} {h_med / p_med:6.2f}x")
+
+    def cycle(argv: list[str], run_env: dict[str, str] | None, i: int) -> float:
+        name = f"bench-cycle{i}"
+        return (timed(argv + ["create", "--network", "none", "--name", name, IMAGE, "sleep", "1000"], run_env)
+                + timed(argv + ["start", name], run_env) + timed(argv + ["stop", "-t", "0", name], run_env)
+                + timed(argv + ["rm", name], run_env))
+
+    print(f"per-container commands on a running container, {pairs} pairs (ms)")
+    print(f"  {'command':24} {'hanok':>8} {'podman':>8} {'ratio':>7}")
+    for argv, run_env in ((hanok, None), (podman, env)):
         subprocess.run(argv + ["run", "-d", "--network", "none", "--name", "bench-cmd", IMAGE, "sleep", "1000"],
                        check=True, capture_output=True, env=run_env)
     try:
-        steps = [("exec C true", ["exec", "bench-cmd", "true"], ["exec", "bench-cmd", "true"]),
-                 ("ps (JSON)", hanok_ps, podman_ps),
-                 ("inspect C", ["inspect", "bench-cmd"], ["inspect", "bench-cmd"]),
-                 ("stats --no-stream C", stats + ["bench-cmd"], stats + ["bench-cmd"]),
-                 ("logs C", ["logs", "bench-cmd"], ["logs", "bench-cmd"])]
-        print(f"per-container commands on a running container, {pairs} pairs (ms)")
-        print(f"  {'command':24} {'hanok':>8} {'podman':>8} {'ratio':>7}")
         for label, h_args, p_args in steps:
-            samples: dict[str, list[float]] = {"hanok": [], "podman": []}
-            for i in range(WARMUP + pairs):
-                h = timed(hanok + h_args)
-                p = timed(podman + p_args, env)
-                if i >= WARMUP:
-                    samples["hanok"].append(h)
-                    samples["podman"].append(p)
-            h_med, p_med = statistics.median(samples["hanok"]), statistics.median(samples["podman"])
-            print(f"  {label:24} {h_med:8.1f} {p_med:8.1f} {h_med / p_med:6.2f}x")
+            row(label, alternated(pairs, lambda i, h_args=h_args: timed(hanok + h_args),
+                                  lambda i, p_args=p_args: timed(podman + p_args, env)))
     finally:
         subprocess.run(hanok + ["rm", "-f", "bench-cmd"], capture_output=True)
         subprocess.run(podman + ["rm", "-f", "-t", "0", "bench-cmd"], capture_output=True, env=env)
-    cycle: dict[str, list[float]] = {"hanok": [], "podman": []}
-    for i in range(WARMUP + pairs):
-        for side, argv, run_env in (("hanok", hanok, None), ("podman", podman, env)):
-            name = f"bench-cycle{i}"
-            total = timed(argv + ["create", "--network", "none", "--name", name, IMAGE, "sleep", "1000"], run_env)
-            total += timed(argv + ["start", name], run_env)
-            total += timed(argv + ["stop", "-t", "0", name], run_env)
-            total += timed(argv + ["rm", name], run_env)
-            if i >= WARMUP:
-                cycle[side].append(total)
-    h_med, p_med = statistics.median(cycle["hanok"]), statistics.median(cycle["podman"])
-    print(f"  {'create+start+stop+rm':24} {h_med:8.1f} {p_med:8.1f} {h_med / p_med:6.2f}x")
+    row("create+start+stop+rm", alternated(pairs, lambda i: cycle(hanok, None, i), lambda i: cycle(podman, env, i)))
 
 
 def podman_sandbox(base: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
@@ -172,19 +182,9 @@ def main() -> None:
         subprocess.run(podman + ["load", "-i", str(archive)], check=True, capture_output=True, env=env)
         hanok_run = hanok + ["run", "--rm", "--network", "none", IMAGE, "true"]
         podman_run = podman + ["run", "--rm", "--network", "none", IMAGE, "true"]
-        samples: dict[str, list[float]] = {"hanok": [], "podman": []}
-        for i in range(WARMUP + args.pairs):
-            h = timed(hanok_run)
-            p = timed(podman_run, env)
-            if i >= WARMUP:
-                samples["hanok"].append(h)
-                samples["podman"].append(p)
-        print(f"run --rm --network none {IMAGE} true, {args.pairs} pairs (ms)")
-        for side, values in samples.items():
-            values.sort()
-            print(f"  {side:7} median {statistics.median(values):8.1f}   p90 {values[int(len(values) * 0.9) - 1]:8.1f}")
-        ratio = statistics.median(samples["hanok"]) / statistics.median(samples["podman"])
-        print(f"  hanok/podman {ratio:.2f}x (target <= 0.5x)")
+        report(f"run --rm --network none {IMAGE} true, {args.pairs} pairs (ms)",
+               alternated(args.pairs, lambda i: timed(hanok_run), lambda i: timed(podman_run, env)),
+               " (target <= 0.5x)")
         pod_start(hanok, podman, env, base, args.pod_pairs)
         commands(hanok, podman, env, args.pod_pairs)
     finally:
