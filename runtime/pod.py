@@ -51,23 +51,38 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-from hanok.runtime.bundle import RunOptions
+from hanok.runtime.bundle import Fields, RunOptions
 from hanok.runtime.errors import BadState, Exists, HanokError, InvalidArgument, NotFound, NotSupported
 
-if TYPE_CHECKING:
+# Starting a pod's container imports this module: so no dataclasses, typing or re at import (~10 ms).
+if False:  # typing only
     from collections.abc import Callable
+    from typing import Any
 
     from hanok.runtime.engine import Container, Engine
 
 RECORD = "pod.json"
 NSFS_MAGIC = 0x6E736673
 SHARED_NAMESPACES = ("ipc", "uts")
-DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")  # \Z: '$' would let a trailing newline in
-POD_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?\Z")
+
+
+class _DnsName:
+    """A DNS label (RFC 1123; with dots, a subdomain): lower-case letters, digits and '-' (and '.'),
+    alphanumeric at both ends, at most `longest` characters. match() says whether `text` is one."""
+
+    _ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+
+    def __init__(self, extra: str, longest: int):
+        self.chars, self.longest = self._ALNUM | frozenset(extra), longest
+
+    def match(self, text: str) -> bool:
+        return (0 < len(text) <= self.longest and self.chars.issuperset(text)
+                and text[0] in self._ALNUM and text[-1] in self._ALNUM)
+
+
+DNS_LABEL = _DnsName("-", 63)
+POD_NAME = _DnsName("-.", 253)
 DEFAULT_NAMESPACE = "default"
 _HEX = frozenset("0123456789abcdef")
 
@@ -114,14 +129,16 @@ def _namespace_of(meta: dict) -> str:
 
 _BINARY = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50, "Ei": 1 << 60}
 _DECIMAL = {"n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
-_QUANTITY = re.compile(r"^([+]?(?:\d+\.?\d*|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?$")
+_QUANTITY = r"^([+]?(?:\d+\.?\d*|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?$"
 
 
 def parse_quantity(value: object, where: str) -> float:
     """A Kubernetes quantity ("128Mi", "500m", "1", "1Gi", "1e3", or a bare number) -> its value."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise InvalidArgument(f"{where}: expected a quantity such as 128Mi, 500m or 1, got {_shown(value)}")
-    match = _QUANTITY.match(str(value).strip())
+    import re  # manifests only: a container's start does not parse quantities
+
+    match = re.match(_QUANTITY, str(value).strip())
     if not match:
         raise InvalidArgument(f"{where}: {_shown(value)} is not a quantity (e.g. 128Mi, 500m, 1)")
     try:
@@ -184,14 +201,17 @@ def _shown(value: object) -> str:
 
 
 def _snake(key: str) -> str:
+    import re
+
     return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", key).lower()
 
 
-@dataclass
 class Schema:
-    fields: dict[str, Any]
-    required: tuple[str, ...] = ()
-    camel_ok: bool = False  # CRI files: snake_case, camelCase accepted too
+    """The fields of a document's object, by name (a kind each), those required, and whether camelCase
+    spellings of snake_case names are accepted (CRI files)."""
+
+    def __init__(self, fields: dict[str, Any], required: tuple[str, ...] = (), camel_ok: bool = False):
+        self.fields, self.required, self.camel_ok = fields, required, camel_ok
 
     def check(self, value: object, where: str) -> dict:
         """The object with its keys in this schema's spelling; InvalidArgument naming the field."""
@@ -268,32 +288,31 @@ RESTART_POLICIES = ("Always", "OnFailure", "Never")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 
-@dataclass
-class ContainerPlan:
+class ContainerPlan(Fields):
     """One container of a pod: its name in the pod, its options (volumes still by volume name)."""
 
-    name: str
-    options: RunOptions
-    mounts: list[tuple[str, str, bool]] = field(default_factory=list)  # (volume name, mountPath, readOnly)
+    name: str = ""
+    options: RunOptions = None  # type: ignore[assignment]  # always given
+    mounts: list[tuple[str, str, bool]] = []                # (volume name, mountPath, readOnly)
     pull: bool = True
 
 
-@dataclass
-class PodPlan:
-    """A validated pod: what the sandbox is made of, and its containers."""
+class PodPlan(Fields):
+    """A validated pod: what the sandbox is made of, and its containers (list and dict defaults are
+    copied for each plan: see bundle.Fields)."""
 
-    name: str
+    name: str = ""
     namespace: str = "default"
     uid: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
-    annotations: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
     hostname: str | None = None
     restart_policy: str = "Always"
-    ports: list[dict] = field(default_factory=list)                     # {containerPort, hostPort, protocol, hostIP}
-    volumes: dict[str, dict] = field(default_factory=dict)              # name -> {"emptyDir": {}} | {"hostPath": P}
-    containers: list[ContainerPlan] = field(default_factory=list)
+    ports: list[dict] = []  # {containerPort, hostPort, protocol, hostIP}
+    volumes: dict[str, dict] = {}  # name -> {"emptyDir": {}} | {"hostPath": P}
+    containers: list[ContainerPlan] = []
     cgroup_parent: str | None = None
-    dns: dict[str, list[str]] = field(default_factory=dict)             # CRI dns_config: servers, searches, options
+    dns: dict[str, list[str]] = {}  # CRI dns_config: servers, searches, options
     log_directory: str | None = None
 
     def memory_limit(self) -> int | None:

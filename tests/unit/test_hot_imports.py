@@ -17,7 +17,7 @@ import pytest
 import hanok
 
 FORBIDDEN = {"click", "requests", "pyroute2", "yaml", "json", "re", "enum", "subprocess", "typing",
-             "shutil"}
+             "shutil", "dataclasses", "inspect", "hashlib"}
 
 
 def _env() -> dict[str, str]:
@@ -64,6 +64,8 @@ def test_same_hanok_in_the_subprocess() -> None:
     # `create` validates linux.seccomp, which podman and containerd send with every container
     ("hanok.cli", "hanok.runtime.container", "hanok.runtime.spec", "hanok.runtime.init",
      "hanok.runtime.seccomp"),
+    # `hanok run`, `start` and `ps`: the engine and its store; a pod's container also loads pod.py
+    ("hanok.cli", "hanok.runtime.engine", "hanok.images.store", "hanok.runtime.pod"),
 ])
 def test_hot_path_imports(modules: tuple[str, ...]) -> None:
     new, _ = imported_after(*modules)
