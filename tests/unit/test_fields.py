@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from hanok.runtime.bundle import RunOptions
 from hanok.runtime.pod import ContainerPlan, PodPlan
 
