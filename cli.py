@@ -724,9 +724,20 @@ def _status_text(s: dict) -> str:
     return "Created"
 
 
-def _ports_text(ports: list[dict]) -> str:
-    return ", ".join(f"{p.get('hostIP') or '0.0.0.0'}:{p['hostPort']}->{p['containerPort']}/{p['protocol']}"
-                     for p in ports)
+def _published_on(port: dict, dual_stack: bool) -> list[str]:
+    """Where one published port answers, as docker writes it: "0.0.0.0:8080", "[::]:8080", "[fd00::1]:8080".
+    No hostIP means every address: of both families when the container has IPv6 (nat._families)."""
+    host_ip = port.get("hostIP") or ""
+    if not host_ip:
+        wildcards = ["0.0.0.0", "[::]"] if dual_stack else ["0.0.0.0"]
+        return [f"{address}:{port['hostPort']}" for address in wildcards]
+    return [f"[{host_ip}]:{port['hostPort']}" if ":" in host_ip else f"{host_ip}:{port['hostPort']}"]
+
+
+def _ports_text(ports: list[dict], dual_stack: bool) -> str:
+    """The PORTS column of `ps`: every address each published port answers on."""
+    return ", ".join(f"{address}->{p['containerPort']}/{p['protocol']}"
+                     for p in ports for address in _published_on(p, dual_stack))
 
 
 # ---- the bodies (their docstrings are the commands' --help)
@@ -895,7 +906,7 @@ def _ps(app: Application, p: dict) -> None:
         if not no_trunc and len(cmd) > 20:
             cmd = cmd[:19] + "…"
         table.append((r["id"] if no_trunc else r["id"][:12], r["image"], f'"{cmd}"', _ago(r["created"]),
-                      _status_text(r), _ports_text(r["ports"]), r["name"]))
+                      _status_text(r), _ports_text(r["ports"], bool(r.get("ip6"))), r["name"]))
     _echo(_table(table))
 
 
@@ -1394,7 +1405,8 @@ def hanok_cli():  # -> click.Group
         """
         net = app.engine.inspect(container).get("network") or {}
         for p in net.get("ports") or []:
-            click.echo(f"{p['containerPort']}/{p['protocol']} -> {p.get('hostIP') or '0.0.0.0'}:{p['hostPort']}")
+            for address in _published_on(p, bool(net.get("ip6"))):
+                click.echo(f"{p['containerPort']}/{p['protocol']} -> {address}")
 
     @hanok.group("container", cls=Group)
     def container_group() -> None:

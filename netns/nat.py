@@ -32,16 +32,26 @@ Why this shape:
   on a hook runs, and any drop is final), so an accepting forward chain here could not help a host whose
   forward policy is drop. The host here has no ruleset and iptables policies ACCEPT.
 
-IPv6 (dual-stack networks) gets egress masquerade only, in a parallel table `ip6 <TABLE>` of the same name
-holding one chain, postrouting, with one rule per network: `ip6 saddr SUBNET6 oifname != BRIDGE masquerade`,
-tagged "hanok-network:<name>" like the IPv4 pair. A ULA subnet (fd00::/8) is not routed on the internet, so its
-sandboxes reach the outside only through the host's address, as with RFC 1918 IPv4. The same rules hold in both
-tables: rules are found by their tag, and the change removing a table's last tagged rule deletes that table.
-Why a parallel table and not one `inet` table for both: the IPv4 table's layout (and every test and host that
-lists `table ip hanok`) stays exactly as it was, and v4-only networks (the default one) never pay for a second
-listing when a sandbox is set up. Ports are published over IPv4 only: IPv6 DNAT would need the portmap, guard
-and hairpin chains again in ip6 and an IPv6 hostIP syntax; a dual-stack container is reachable directly on
-its IPv6 address from the host and its network.
+IPv6 (dual-stack networks) lives in a parallel table `ip6 <TABLE>` of the same name:
+
+    chain postrouting  per network: `ip6 saddr SUBNET6 oifname != BRIDGE masquerade` and its hairpin twin;
+                       per container: masquerade of DNATed connections from itself
+    chain prerouting, output, portmap   as in IPv4, made with the first port published over IPv6; output
+                       skips ::1 (`ip6 daddr != ::1`)
+
+A ULA subnet (fd00::/8) is not routed on the internet, so its sandboxes reach the outside only through the
+host's address, as with RFC 1918 IPv4. The same rules hold in both tables: rules are found by their tag, and
+the change removing a table's last tagged rule deletes that table. Why a parallel table and not one `inet`
+table for both: the IPv4 table's layout (and every test and host that lists `table ip hanok`) stays exactly as
+it was, and v4-only networks (the default one) never pay for a second listing when a sandbox is set up.
+
+Which family a published port lands in follows its hostIP, as docker does: "" (none given) every address of
+both families, when the container has an IPv6 address; 0.0.0.0 or an IPv4 address the IPv4 table only; :: or
+an IPv6 address (docker's `-p [addr]:8080:80`) the IPv6 table only, which needs a dual-stack container. The
+IPv6 loopback cannot be published: unlike 127.0.0.1 (route_localnet) the kernel never routes ::1 to another
+interface, so connections to [::1]:PORT are left to the host (output skips ::1, so they are refused rather
+than hang) and `-p [::1]:...` is refused. No IPv6 guard chain is needed either: the kernel drops packets for
+::1 that arrive on any interface but lo before the prerouting hook.
 The table is decided at each call (_table()): tests may set nat.TABLE, or $HANOK_NFT_TABLE at any time.
 
 Every change is one nft script run by libnftables in one call, which the kernel applies as one transaction:
@@ -55,6 +65,9 @@ import os
 
 from hanok.runtime import explain
 from hanok.runtime.errors import InvalidArgument, NetError, NotSupported
+
+if False:  # for type checkers only
+    from collections.abc import Iterable
 
 DEFAULT_TABLE = "hanok"
 TABLE: str | None = None  # set by tests (nat.TABLE = ...); else $HANOK_NFT_TABLE, else DEFAULT_TABLE
@@ -139,9 +152,16 @@ def parse_publish(spec: str) -> list[PortMapping]:
     protocol = protocol.lower()
     if protocol not in PROTOCOLS:
         raise InvalidArgument(f'{bad}: protocol "{protocol}" is not tcp or udp')
-    if body.startswith("["):
-        raise InvalidArgument(f"{bad}: IPv6 host addresses are not supported (hanok publishes on IPv4)")
-    parts = body.split(":")
+    if body.startswith("["):  # [IPv6]:hostPort:containerPort, as docker writes it
+        address, bracket, rest = body[1:].partition("]")
+        host, colon, container = rest[1:].partition(":")
+        if not bracket or not rest.startswith(":") or not colon:
+            raise InvalidArgument(f"{bad}: expected [IPv6 address]:[hostPort]:containerPort[/protocol]")
+        if ":" not in address:
+            raise InvalidArgument(f'{bad}: host IP "{address}" in brackets is not an IPv6 address')
+        parts = [address, host, container]
+    else:
+        parts = body.split(":")
     if len(parts) == 1:
         host_ip, host, container = "", "", parts[0]
     elif len(parts) == 2:
@@ -149,7 +169,8 @@ def parse_publish(spec: str) -> list[PortMapping]:
     elif len(parts) == 3:
         host_ip, host, container = parts
     else:
-        raise InvalidArgument(f"{bad}: expected [[hostIP:]hostPort:]containerPort[/protocol]")
+        raise InvalidArgument(f"{bad}: expected [[hostIP:]hostPort:]containerPort[/protocol] "
+                              "(an IPv6 hostIP in brackets: [::]:8080:80)")
     if host_ip:
         host_ip = _host_ip(host_ip, f"{bad}: host IP")
     first, last = _port_range(container, f"{bad}: container port")
@@ -189,10 +210,46 @@ def _ipv4(text: str, what: str) -> str:
     return ".".join(str(int(p)) for p in parts)
 
 
+def _ipv6(text: str, what: str) -> str:
+    """Validate an IPv6 address (no zone, no brackets); returns it compressed, as nft prints it."""
+    from _socket import AF_INET6, inet_ntop, inet_pton
+
+    try:
+        return inet_ntop(AF_INET6, inet_pton(AF_INET6, text))
+    except (OSError, ValueError):
+        raise InvalidArgument(f'{what} "{text}" is not an IPv6 address') from None
+
+
 def _host_ip(text: str, what: str) -> str:
-    """A hostIP, with the wildcard 0.0.0.0 spelled "" (every address of the host)."""
-    address = _ipv4(text, what) if text else ""
-    return "" if address == "0.0.0.0" else address
+    """A hostIP, normalized: "" (every address of the host, in both families when the container has IPv6),
+    0.0.0.0 or an IPv4 address (IPv4 only), :: or an IPv6 address (IPv6 only)."""
+    if not text:
+        return ""
+    if ":" not in text:
+        return _ipv4(text, what)
+    address = _ipv6(text, what)
+    if address == "::1":
+        raise InvalidArgument(f'{what} "{text}" is the IPv6 loopback, which the kernel never routes to a '
+                              "container: publish on 127.0.0.1 instead")
+    if address.startswith("::ffff:") and "." in address:
+        raise InvalidArgument(f'{what} "{text}" is an IPv4-mapped address: give the IPv4 address itself')
+    return address
+
+
+WILDCARDS = ("", "0.0.0.0", "::")  # hostIPs without a daddr match: every address (of their family)
+
+
+def _families(host_ip: str, has_ip6: bool) -> tuple[str, ...]:
+    """The tables a mapping's DNAT rule goes in ("ip", "ip6"), from its hostIP and whether the container has an
+    IPv6 address; an IPv6 hostIP for a container without one is an error."""
+    if not host_ip:
+        return ("ip", "ip6") if has_ip6 else ("ip",)
+    if ":" not in host_ip:
+        return ("ip",)
+    if not has_ip6:
+        raise InvalidArgument(f"host IP {host_ip} is IPv6, but the container has no IPv6 address "
+                              "(publish on IPv6 from a network made with --ipv6-subnet)")
+    return ("ip6",)
 
 
 def _subnet(text: str) -> str:
@@ -249,57 +306,72 @@ def _checked(mapping: PortMapping) -> PortMapping:
 
 
 def _overlaps(host_ip: str, other_host_ip: str) -> bool:
-    """Two hostIPs collide when they are equal or either is the wildcard."""
-    return not host_ip or not other_host_ip or host_ip == other_host_ip
+    """Two hostIPs of one family collide when they are equal or either is a wildcard."""
+    return host_ip in WILDCARDS or other_host_ip in WILDCARDS or host_ip == other_host_ip
+
+
+def _probe(protocol: str, host_ip: str) -> tuple:
+    """A socket of the hostIP's family and the protocol's kind, and the address to bind it to for `port`
+    (IPV6_V6ONLY, so an IPv6 probe never collides with an IPv4 listener)."""
+    import socket
+
+    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    if ":" in host_ip:
+        sock = socket.socket(socket.AF_INET6, kind)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        return sock, host_ip
+    return socket.socket(socket.AF_INET, kind), host_ip
 
 
 def _free_ports(count: int, protocol: str, host_ip: str, bad: str) -> list[int]:
     """Let the kernel pick `count` distinct free ports (bind to port 0), holding them until all are known."""
     if count > MAX_PICKED_PORTS:
         raise InvalidArgument(f"{bad}: give host ports for ranges longer than {MAX_PICKED_PORTS}")
-    import socket
-
-    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
-    held: list[socket.socket] = []
+    held = []
     try:
         for _ in range(count):
-            sock = socket.socket(socket.AF_INET, kind)
+            sock, address = _probe(protocol, host_ip)
             held.append(sock)
-            sock.bind((host_ip, 0))
+            sock.bind((address, 0))
         return [sock.getsockname()[1] for sock in held]
     except OSError as e:
-        raise NetError(f"cannot pick a free {protocol} port on {host_ip or 'the host'}: {e.strerror}") from None
+        raise NetError(f"cannot pick a free {protocol} port on {_shown(host_ip)}: {e.strerror}") from None
     finally:
         for sock in held:
             sock.close()
 
 
-def _check_no_listener(mapping: PortMapping) -> None:
-    """Refuse a host port a host service already listens on: the DNAT would silently take its
-    connections (say, -p 22:22 would hand the host's SSH to the container); docker refuses too."""
-    import socket
-
-    kind = socket.SOCK_STREAM if mapping.protocol == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as sock:
+def _check_no_listener(mapping: PortMapping, family: str = "ip") -> None:
+    """Refuse a host port a host service already listens on (in the family the rule is for): the DNAT would
+    silently take its connections (say, -p 22:22 would hand the host's SSH to the container); docker refuses
+    too."""
+    host_ip = mapping.host_ip or ("::" if family == "ip6" else "")
+    sock, address = _probe(mapping.protocol, host_ip)
+    with sock:
         try:
-            sock.bind((mapping.host_ip, mapping.host_port))
+            sock.bind((address, mapping.host_port))
         except OSError as e:
-            raise NetError(f"port {mapping.host_port}/{mapping.protocol} on {mapping.host_ip or 'the host'} "
+            raise NetError(f"port {mapping.host_port}/{mapping.protocol} on {_shown(host_ip)} "
                            f"is already in use: {e.strerror}") from None
 
 
-def _first_free_port(first: int, last: int, protocol: str, host_ip: str) -> int:
-    import socket
+def _shown(host_ip: str) -> str:
+    """A hostIP as error messages name it."""
+    if host_ip in ("", "0.0.0.0"):
+        return "the host" if not host_ip else "the host's IPv4 addresses"
+    return "the host's IPv6 addresses" if host_ip == "::" else host_ip
 
-    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+
+def _first_free_port(first: int, last: int, protocol: str, host_ip: str) -> int:
     for port in range(first, last + 1):
-        with socket.socket(socket.AF_INET, kind) as sock:
+        sock, address = _probe(protocol, host_ip)
+        with sock:
             try:
-                sock.bind((host_ip, port))
+                sock.bind((address, port))
             except OSError:
                 continue
             return port
-    raise NetError(f"no free {protocol} port in {first}-{last} on {host_ip or 'the host'}")
+    raise NetError(f"no free {protocol} port in {first}-{last} on {_shown(host_ip)}")
 
 
 # --- nft script text (pure) ------------------------------------------------------------------------------
@@ -323,17 +395,33 @@ def _skeleton_commands(table: str) -> list[str]:
 
 
 def _skeleton6_commands(table: str) -> list[str]:
-    """The IPv6 table and its only chain; sent with the first IPv6 masquerade rule of an absent table."""
+    """The IPv6 table and its postrouting chain; sent with the first IPv6 rule of an absent table."""
     return [
         f"add table ip6 {table}",
         f"add chain ip6 {table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}",
     ]
 
 
+def _portmap6_commands(table: str) -> list[str]:
+    """The IPv6 table's port chains; sent with its first published port (a table made for masquerade alone
+    has only postrouting). No guard chain: the kernel drops ::1 packets from anywhere but lo itself."""
+    return [
+        f"add chain ip6 {table} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}",
+        f"add chain ip6 {table} output {{ type nat hook output priority -100; policy accept; }}",
+        f"add chain ip6 {table} portmap",
+        f"add rule ip6 {table} prerouting fib daddr type local jump portmap",
+        # ::1 cannot leave lo: DNATing it would hang the connection instead of refusing it
+        f"add rule ip6 {table} output ip6 daddr != ::1 fib daddr type local jump portmap",
+    ]
+
+
 def _masquerade6_commands(table: str, network: str, subnet: str, bridge: str) -> list[str]:
-    """Egress masquerade for an IPv6 subnet (no hairpin rule: nothing is DNATed over IPv6)."""
-    return [f'add rule ip6 {table} postrouting ip6 saddr {subnet} oifname != "{bridge}" masquerade '
-            f'comment "{NETWORK_TAG}{network}"']
+    """Egress masquerade for an IPv6 subnet, and hairpin masquerade between containers of its bridge."""
+    tag = f'comment "{NETWORK_TAG}{network}"'
+    return [
+        f'add rule ip6 {table} postrouting ip6 saddr {subnet} oifname != "{bridge}" masquerade {tag}',
+        f'add rule ip6 {table} postrouting ip6 saddr {subnet} oifname "{bridge}" ct status dnat masquerade {tag}',
+    ]
 
 
 def _masquerade_commands(table: str, network: str, subnet: str, bridge: str) -> list[str]:
@@ -345,10 +433,12 @@ def _masquerade_commands(table: str, network: str, subnet: str, bridge: str) -> 
     ]
 
 
-def _dnat_command(table: str, owner: str, container_ip: str, mapping: PortMapping) -> str:
-    only_to = f"ip daddr {mapping.host_ip} " if mapping.host_ip else ""
-    return (f"add rule ip {table} portmap {only_to}{mapping.protocol} dport {mapping.host_port} "
-            f'dnat to {container_ip}:{mapping.container_port} comment "{OWNER_TAG}{owner}"')
+def _dnat_command(table: str, owner: str, container_ip: str, mapping: PortMapping, family: str = "ip") -> str:
+    """The DNAT rule of one mapping in the table of `family`; container_ip is of that family."""
+    only_to = "" if mapping.host_ip in WILDCARDS else f"{family} daddr {mapping.host_ip} "
+    target = f"[{container_ip}]" if family == "ip6" else container_ip
+    return (f"add rule {family} {table} portmap {only_to}{mapping.protocol} dport {mapping.host_port} "
+            f'dnat to {target}:{mapping.container_port} comment "{OWNER_TAG}{owner}"')
 
 
 def _owner_commands(table: str, owner: str, container_ip: str, bridge: str) -> list[str]:
@@ -360,6 +450,12 @@ def _owner_commands(table: str, owner: str, container_ip: str, bridge: str) -> l
         f'add rule ip {table} input iifname "{bridge}" ip daddr 127.0.0.0/8 '
         f"ct state != {{ established, related }} drop {tag}",
     ]
+
+
+def _owner6_commands(table: str, owner: str, container_ip6: str, bridge: str) -> list[str]:
+    """Once per owner publishing over IPv6: masquerade its DNATed connections from itself (hairpin)."""
+    return [f'add rule ip6 {table} postrouting oifname "{bridge}" ip6 daddr {container_ip6} ct status dnat '
+            f'ip6 saddr {container_ip6} masquerade comment "{OWNER_TAG}{owner}"']
 
 
 def _delete_commands(table: str, doomed: list[_Rule], family: str = "ip") -> list[str]:
@@ -388,12 +484,15 @@ class _Rule:
         return "masquerade" if self.facts.get("oifname_op") == "!=" else "hairpin"
 
 
-def _parse_listing(text: str) -> list[_Rule]:
-    """The hanok-tagged rules of `nft -j list table` output; untagged skeleton rules are left out."""
+def _parse_listing(text: str, chains: set[str] | None = None) -> list[_Rule]:
+    """The hanok-tagged rules of `nft -j list table` output; untagged skeleton rules are left out. The table's
+    chain names are added to `chains` when it is given."""
     import json
 
     found = []
     for item in json.loads(text).get("nftables", ()):
+        if chains is not None and "chain" in item:
+            chains.add(item["chain"]["name"])
         rule = item.get("rule")
         if rule and rule.get("comment", "").startswith((OWNER_TAG, NETWORK_TAG)):
             found.append(_Rule(rule["chain"], rule["handle"], rule["comment"], _facts(rule["expr"])))
@@ -505,10 +604,11 @@ def _apply(commands: list[str], why: str) -> None:
 FAMILIES = ("ip", "ip6")   # the IPv4 table, then the IPv6 one (masquerade only)
 
 
-def _installed(family: str = "ip") -> list[_Rule] | None:
-    """The tagged rules in the table of `family`, or None when the table does not exist."""
+def _installed(family: str = "ip", chains: set[str] | None = None) -> list[_Rule] | None:
+    """The tagged rules in the table of `family`, or None when the table does not exist (its chain names
+    are added to `chains` when given)."""
     text = _run(f"list table {family} {_table()}", _NFT_OUTPUT_JSON, missing_ok=True)
-    return None if text is None else _parse_listing(text)
+    return None if text is None else _parse_listing(text, chains)
 
 
 class _Locked:
@@ -564,9 +664,9 @@ def _set_route_localnet(bridge: str, enabled: bool, why: str) -> bool:
 # --- the API ---------------------------------------------------------------------------------------------
 
 def ensure_masquerade(network: str, subnet: str, bridge: str) -> None:
-    """Masquerade traffic from `subnet` leaving through any interface but `bridge` (and, for IPv4, hairpin on it).
+    """Masquerade traffic from `subnet` leaving through any interface but `bridge`, and hairpin on it.
 
-    An IPv6 subnet (it has a colon) gets its one rule in the `ip6` table; a dual-stack network calls this once
+    An IPv6 subnet (it has a colon) gets its rules in the `ip6` table; a dual-stack network calls this once
     per subnet. Idempotent: identical rules are left alone; rules of `network` in the same family with another
     subnet or bridge are replaced in the same transaction.
     """
@@ -581,11 +681,10 @@ def ensure_masquerade(network: str, subnet: str, bridge: str) -> None:
         mine = [rule for rule in installed or () if rule.tag == tag]
         have = sorted((str(r.facts.get("saddr")), str(r.facts.get("oifname")), str(r.facts.get("oifname_op")))
                       for r in mine)
+        wanted = [(subnet, bridge, "!="), (subnet, bridge, "==")]
         if family == "ip6":
-            wanted = [(subnet, bridge, "!=")]
             skeleton, rules_to_add = _skeleton6_commands, _masquerade6_commands(table, network, subnet, bridge)
         else:
-            wanted = [(subnet, bridge, "!="), (subnet, bridge, "==")]
             skeleton, rules_to_add = _skeleton_commands, _masquerade_commands(table, network, subnet, bridge)
         if have == wanted:
             return
@@ -602,58 +701,101 @@ def remove_masquerade(network: str) -> None:
             _remove_tagged(NETWORK_TAG + network, f"network {network}: stop masquerading", family)
 
 
-def add_ports(owner: str, container_ip: str, bridge: str, ports: list[PortMapping]) -> None:
-    """Publish `ports` of the container at `container_ip` on `bridge`, all in one transaction.
+def add_ports(owner: str, container_ip: str, bridge: str, ports: list[PortMapping],
+              container_ip6: str | None = None) -> None:
+    """Publish `ports` of the container at `container_ip` (and `container_ip6`, if dual-stack) on `bridge`,
+    all in one transaction over both tables.
 
-    Mappings `owner` already has are skipped (idempotent); a host port another owner publishes is an error
-    naming that owner, and nothing is added.
+    Each mapping goes in the tables its hostIP names (_families). Mappings `owner` already has are skipped
+    (idempotent); a host port another owner publishes in the same family is an error naming that owner, and
+    nothing is added.
     """
     _name(owner, "owner")
     container_ip = _ipv4(container_ip, "container address")
+    addresses = {"ip": container_ip}
+    if container_ip6 is not None:
+        addresses["ip6"] = _ipv6(container_ip6, "container IPv6 address")
     _bridge(bridge)
-    wanted = [_checked(mapping) for mapping in ports]
-    for number, mapping in enumerate(wanted):
-        for earlier in wanted[:number]:
+    wanted = [(mapping, _families(mapping.host_ip, "ip6" in addresses))
+              for mapping in (_checked(mapping) for mapping in ports)]
+    for number, (mapping, families) in enumerate(wanted):
+        for earlier, earlier_families in wanted[:number]:
             if (earlier.protocol, earlier.host_port) == (mapping.protocol, mapping.host_port) \
-                    and _overlaps(earlier.host_ip, mapping.host_ip):
+                    and set(families) & set(earlier_families) and _overlaps(earlier.host_ip, mapping.host_ip):
                 raise InvalidArgument(f"port {mapping.host_port}/{mapping.protocol} is published twice")
     if not wanted:
         return
     if not os.path.isdir(f"/sys/class/net/{bridge}"):
         raise NetError(f"bridge {bridge} does not exist")
     tag = OWNER_TAG + owner
+    table = _table()
+    commands: list[str] = []
     with _Locked():
-        installed = _installed()
-        published = [rule for rule in installed or () if rule.chain == "portmap"]
-        additions = []
-        for mapping in wanted:
-            clash = next((rule for rule in published
-                          if rule.facts.get("protocol") == mapping.protocol
-                          and rule.facts.get("dport") == mapping.host_port
-                          and _overlaps(mapping.host_ip, str(rule.facts.get("daddr", "")))), None)
-            if clash is None:
-                _check_no_listener(mapping)
-                additions.append(_dnat_command(_table(), owner, container_ip, mapping))
-            elif (clash.tag, clash.facts.get("daddr", ""), clash.facts.get("dnat_addr"), clash.facts.get("dnat_port")) \
-                    != (tag, mapping.host_ip, container_ip, mapping.container_port):
-                raise NetError(f"port {mapping.host_port}/{mapping.protocol} is already published by container "
-                               f"{clash.tag.removeprefix(OWNER_TAG)}")
-        if not any(rule.tag == tag and rule.chain == "postrouting" and rule.facts.get("daddr") == container_ip
-                   and rule.facts.get("oifname") == bridge for rule in installed or ()):
-            additions += _owner_commands(_table(), owner, container_ip, bridge)
-        if not additions:
+        added_v4 = False
+        for family in FAMILIES:
+            mine = [mapping for mapping, families in wanted if family in families]
+            if not mine:
+                continue
+            chains: set[str] = set()
+            installed = _installed(family, chains)
+            address = addresses[family]
+            additions = [_dnat_command(table, owner, address, mapping, family)
+                         for mapping in _unpublished(mine, installed or (), tag, address, family)]
+            if not any(rule.tag == tag and rule.chain == "postrouting" and rule.facts.get("daddr") == address
+                       and rule.facts.get("oifname") == bridge for rule in installed or ()):
+                owner_commands = _owner_commands if family == "ip" else _owner6_commands
+                additions += owner_commands(table, owner, address, bridge)
+            if not additions:
+                continue
+            if family == "ip":
+                added_v4 = True
+                commands += [] if installed is not None else _skeleton_commands(table)
+            else:
+                commands += [] if installed is not None else _skeleton6_commands(table)
+                commands += [] if "portmap" in chains else _portmap6_commands(table)
+            commands += additions
+        if not commands:
             return
-        commands = ([] if installed is not None else _skeleton_commands(_table())) + additions
         # the rules (with the 127.0.0.0/8 guards) first, route_localnet after: a crash in between
         # leaves localhost publishing not working yet, never the bridge open to the host's loopback
-        _apply(commands, f"publish ports of {owner} at {container_ip}")
-        _set_route_localnet(bridge, True, "let 127.0.0.1 connections DNATed to a container leave through the bridge")
+        _apply(commands, f"publish ports of {owner} at {' and '.join(addresses.values())}")
+        if added_v4:
+            _set_route_localnet(bridge, True,
+                                "let 127.0.0.1 connections DNATed to a container leave through the bridge")
+
+
+def _unpublished(mappings: list[PortMapping], installed: Iterable[_Rule], tag: str, address: str,
+                 family: str) -> list[PortMapping]:
+    """The mappings not yet in the table of `family`, each checked against the host's listeners; a port
+    another owner (or this one, elsewhere) publishes there is an error."""
+    published = [rule for rule in installed if rule.chain == "portmap"]
+    missing = []
+    for mapping in mappings:
+        clash = next((rule for rule in published
+                      if rule.facts.get("protocol") == mapping.protocol
+                      and rule.facts.get("dport") == mapping.host_port
+                      and _overlaps(mapping.host_ip, str(rule.facts.get("daddr", "")))), None)
+        if clash is None:
+            _check_no_listener(mapping, family)
+            missing.append(mapping)
+        elif (clash.tag, str(clash.facts.get("daddr", "")), clash.facts.get("dnat_addr"),
+              clash.facts.get("dnat_port")) != (tag, _daddr(mapping.host_ip), address, mapping.container_port):
+            raise NetError(f"port {mapping.host_port}/{mapping.protocol} is already published by container "
+                           f"{clash.tag.removeprefix(OWNER_TAG)}")
+    return missing
+
+
+def _daddr(host_ip: str) -> str:
+    """The daddr fact a listing shows for a rule of this hostIP ("" for the wildcards, which match none)."""
+    return "" if host_ip in WILDCARDS else host_ip
 
 
 def remove_ports(owner: str) -> None:
-    """Remove every rule tagged with `owner` (idempotent); route_localnet goes off with its bridge's last owner."""
+    """Remove every rule tagged with `owner` from both tables (idempotent); route_localnet goes off with its
+    bridge's last owner."""
     _name(owner, "owner")
     with _Locked():
+        _remove_tagged(OWNER_TAG + owner, f"unpublish the IPv6 ports of {owner}", "ip6")
         removed, remaining = _remove_tagged(OWNER_TAG + owner, f"unpublish the ports of {owner}")
         still_guarded = {rule.facts.get("iifname") for rule in remaining if rule.chain == "input"}
         for bridge in {str(rule.facts.get("iifname")) for rule in removed if rule.chain == "input"}:
@@ -689,5 +831,5 @@ def rules() -> list[dict]:
 def owners() -> set[str]:
     """Owners that have rules, so `hanok gc` can remove those whose container is gone."""
     with _Locked():
-        installed = _installed()
-    return {rule.tag.removeprefix(OWNER_TAG) for rule in installed or () if rule.tag.startswith(OWNER_TAG)}
+        installed = [rule for family in FAMILIES for rule in _installed(family) or ()]
+    return {rule.tag.removeprefix(OWNER_TAG) for rule in installed if rule.tag.startswith(OWNER_TAG)}

@@ -16,8 +16,8 @@ Dual stack is opt-in per network, as with `docker network create --ipv6`: a
 network created with an IPv6 subnet (`subnet6`) gives every sandbox an IPv6
 address from its own pool (ipam, under the IPv4 pool's directory), the bridge
 the subnet's ::1 as IPv6 gateway, and the subnet an egress masquerade rule in
-nat.py's ip6 table. Published ports stay IPv4 only. The default network stays
-IPv4 only.
+nat.py's ip6 table. Ports are published on both families there unless their
+hostIP names one (nat.py says how). The default network stays IPv4 only.
 
 The bridge and the masquerade rule of a network are shared by its sandboxes:
 a failed setup leaves them in place (another sandbox may be using them right
@@ -479,7 +479,7 @@ def _setup(state_root: str, run_dir: str, owner: str, config: NetworkConfig | No
         if ports:
             nat = _nat()
             undo.append(lambda: nat.remove_ports(owner))
-            nat.add_ports(owner, ip, config.bridge, ports)
+            nat.add_ports(owner, ip, config.bridge, ports, container_ip6=ipv6.get("ip6"))
         result.update({"mode": "bridge", "network": config.name, "interface": "eth0", "ip": ip,
                        "prefixLength": prefixlen, "gateway": gateway, "mac": mac,
                        "hostInterface": host_ifname, "ports": [p.to_dict() for p in ports]})

@@ -886,7 +886,7 @@ class Engine:
             "id": c.id, "name": rec["name"], "image": rec["image"]["name"], "imageId": rec["image"]["id"],
             "command": _command_of(rec), "created": rec["created"], "state": st["status"],
             "exitCode": st["exitCode"], "pid": st["pid"], "startedAt": st["startedAt"],
-            "finishedAt": st["finishedAt"], "ip": net.get("ip"),
+            "finishedAt": st["finishedAt"], "ip": net.get("ip"), "ip6": net.get("ip6"),
             "ports": net.get("ports") or [], "labels": rec["options"].get("labels") or {},
             "pod": rec["options"].get("pod"),
         }

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -396,6 +397,52 @@ def test_two_containers_talk_over_the_bridge_and_ports_publish(hanok: Hanok, net
     failed(hanok("network", "rm", net["name"]), f"network {net['name']} has 1 active endpoints")
     hanok.ok("rm", "-f", "server")
     assert json.loads(hanok.ok("ps", "-a", "--json")) == []
+
+
+@pytest.fixture
+def net6(hanok: Hanok, net: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A test-only dual-stack network beside `net` (which sets the nft table and removes containers), with a
+    random unique local /64; removed afterwards, with the host's IPv6 forwarding put back."""
+    forwarding = Path("/proc/sys/net/ipv6/conf/all/forwarding")
+    before = forwarding.read_text()
+    tag = os.urandom(3).hex()
+    spec = {"name": f"t{tag}6", "bridge": f"hkt{tag}6",
+            "subnet": f"10.{200 + int(tag[:2], 16) % 50}.{int(tag[2:4], 16)}.0/24",
+            "subnet6": f"fd{tag[:2]}:{tag[2:]}:{os.urandom(2).hex()}:6::/64"}
+    hanok.ok("network", "create", "--subnet", spec["subnet"], "--ipv6-subnet", spec["subnet6"], "--bridge",
+             spec["bridge"], spec["name"])
+    try:
+        yield spec
+    finally:
+        for cid in hanok.container_ids():
+            hanok("rm", "-f", cid)
+        hanok("network", "rm", spec["name"])
+        forwarding.write_text(before)
+        assert spec["bridge"] not in subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+
+
+def test_ports_publish_over_ipv6_on_a_dual_stack_network(hanok: Hanok, net: dict[str, str],
+                                                          net6: dict[str, str]) -> None:
+    both, six = random.sample(range(20000, 30000), 2)
+    hanok.ok("run", "-d", "--network", net6["name"], "--name", "web6", "-p", f"{both}:80", "-p", f"[::]:{six}:81",
+             IMAGE, "sleep", "1000")
+    assert hanok.ok("port", "web6") == (f"80/tcp -> 0.0.0.0:{both}\n80/tcp -> [::]:{both}\n"
+                                        f"81/tcp -> [::]:{six}\n")
+    row = json.loads(hanok.ok("ps", "--json"))[0]
+    assert row["ip6"].startswith(net6["subnet6"].removesuffix("::/64") + "::")
+    assert [p["hostIP"] for p in row["ports"]] == ["", "::"]
+    table = hanok.ok("ps").splitlines()
+    assert f"0.0.0.0:{both}->80/tcp, [::]:{both}->80/tcp, [::]:{six}->81/tcp" in table[1]
+    # on an IPv4-only network a container has only IPv4 ports, and an IPv6 host IP is refused with nothing left
+    hanok.ok("run", "-d", "--network", net["name"], "--name", "web4", "-p", f"{six}:80", IMAGE, "sleep", "1000")
+    assert hanok.ok("port", "web4") == f"80/tcp -> 0.0.0.0:{six}\n"
+    failed(hanok("run", "--network", net["name"], "-p", f"[::]:{both + 1}:80", IMAGE, "true"),
+           "host IP :: is IPv6, but the container has no IPv6 address (publish on IPv6 from a network made "
+           "with --ipv6-subnet)")
+    failed(hanok("run", "--network", net6["name"], "-p", f"[::1]:{both + 1}:80", IMAGE, "true"),
+           f'invalid port mapping "[::1]:{both + 1}:80": host IP "::1" is the IPv6 loopback, which the kernel '
+           "never routes to a container: publish on 127.0.0.1 instead")
+    assert sorted(c["name"] for c in json.loads(hanok.ok("ps", "-a", "--json"))) == ["web4", "web6"]
 
 
 def test_a_container_gets_hosts_resolv_conf_and_its_address(hanok: Hanok, net: dict[str, str]) -> None:

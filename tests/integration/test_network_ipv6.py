@@ -131,15 +131,18 @@ def env(tmp_path: Path) -> Iterator[Env]:
     assert not endpoints.exists() or list(endpoints.iterdir()) == []
 
 
-def _tcp_exchange(server_netns: str, server_ip: str, client_netns: str | None, port: int, payload: str) -> str:
+def _tcp_exchange(server_netns: str, server_ip: str, client_netns: str | None, port: int, payload: str,
+                  connect_to: tuple[str, int] | None = None) -> str:
     """Run SERVER in `server_netns` on [server_ip]:port and CLIENT (in `client_netns`, or on the host) against
-    it; return the client's address as the server saw it, after checking the reply."""
+    it, or against `connect_to` (a published port); return the client's address as the server saw it, after
+    checking the reply."""
     server = subprocess.Popen(["nsenter", f"--net={server_netns}", sys.executable, "-c", SERVER, server_ip,
                                str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None and server.stdout.readline() == "listening\n", server.stderr
         prefix = ["nsenter", f"--net={client_netns}"] if client_netns else []
-        client = subprocess.run([*prefix, sys.executable, "-c", CLIENT, server_ip, str(port), payload],
+        address, to_port = connect_to or (server_ip, port)
+        client = subprocess.run([*prefix, sys.executable, "-c", CLIENT, address, str(to_port), payload],
                                 capture_output=True, text=True, timeout=30)
         assert client.returncode == 0, client.stderr
         assert client.stdout == payload.upper() + "\n"
@@ -202,22 +205,25 @@ def test_masquerade_rule_for_the_v6_subnet_is_tagged_and_removed_with_the_networ
         {"network": config.name, "kind": "masquerade", "chain": "postrouting",
          "rule": f'ip6 saddr {config.subnet6} oifname != "{config.bridge}" masquerade '
                  f'comment "hanok-network:{config.name}"'},
+        {"network": config.name, "kind": "hairpin", "chain": "postrouting",
+         "rule": f'ip6 saddr {config.subnet6} oifname "{config.bridge}" ct status dnat masquerade '
+                 f'comment "hanok-network:{config.name}"'},
     ]
     listed = json.loads(subprocess.run(["nft", "-j", "list", "table", "ip6", TEST_TABLE], capture_output=True,
                                        text=True, check=True).stdout)["nftables"]
     chains = [(item["chain"]["name"], item["chain"].get("hook"), item["chain"].get("type"))
               for item in listed if "chain" in item]
     assert chains == [("postrouting", "postrouting", "nat")]
-    assert [item["rule"]["expr"] for item in listed if "rule" in item] == [[
+    assert [item["rule"]["expr"] for item in listed if "rule" in item][0] == [
         {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}},
                    "right": {"prefix": {"addr": config.subnet6.split("/")[0], "len": 64}}}},
         {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": config.bridge}},
-        {"masquerade": None}]]
+        {"masquerade": None}]
     env.setup("masq6-b")                                       # a second sandbox adds no rule
-    assert len(nat.rules()) == 3
+    assert len(nat.rules()) == 4
     env.teardown("masq6")
     env.teardown("masq6-b")
-    assert len(nat.rules()) == 3                               # shared: they go with the network
+    assert len(nat.rules()) == 4                               # shared: they go with the network
     network.remove_network(env.state_root, env.run_dir, config.name)
     assert nat.rules() == []
     assert not _nft_table_exists("ip6") and not _nft_table_exists("ip")
@@ -339,13 +345,13 @@ def test_v6_masquerade_is_idempotent_replaced_and_its_table_goes_with_the_last_r
         nat.ensure_masquerade("hkt6a", "fd12:3456:0:1::9/64", "hkt6bra")
         nat.ensure_masquerade("hkt6a", "10.236.1.0/24", "hkt6bra")
         handles = _ip6_rule_handles()
-        assert len(handles) == 1
+        assert len(handles) == 2
         nat.ensure_masquerade("hkt6a", "fd12:3456:0:1::/64", "hkt6bra")     # the same again: nothing changes
         assert _ip6_rule_handles() == handles
         nat.ensure_masquerade("hkt6b", "fd12:3456:0:2::/64", "hkt6brb")
         nat.ensure_masquerade("hkt6a", "fd12:3456:0:3::/64", "hkt6bra")     # moved: replaced, not added
         assert [rule["rule"].split()[2] for rule in nat.rules() if rule["rule"].startswith("ip6 ")] == [
-            "fd12:3456:0:2::/64", "fd12:3456:0:3::/64"]
+            "fd12:3456:0:2::/64", "fd12:3456:0:2::/64", "fd12:3456:0:3::/64", "fd12:3456:0:3::/64"]
         nat.remove_masquerade("hkt6a")
         assert {rule["network"] for rule in nat.rules()} == {"hkt6b"}
         assert not _nft_table_exists("ip")                                  # its IPv4 rules were the last
@@ -356,3 +362,126 @@ def test_v6_masquerade_is_idempotent_replaced_and_its_table_goes_with_the_last_r
     finally:
         for name in ("hkt6a", "hkt6b"):
             nat.remove_masquerade(name)
+
+
+# --- ports published over IPv6 ---------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    """A port no host service uses over TCP or UDP in either family, below the ephemeral range (so the kernel
+    does not hand it out while the test holds it published)."""
+    import socket
+
+    while True:
+        port = random.randint(20000, 30000)
+        try:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(socket.AF_INET6, kind) as probe:
+                    probe.bind(("::", port))          # dual-stack socket: free for IPv4 too
+        except OSError:
+            continue
+        return port
+
+
+def _refused(address: str, port: int) -> bool:
+    """Whether a TCP connection from the host to address:port is refused (not answered, not left hanging)."""
+    import socket
+
+    try:
+        with socket.create_connection((address, port), timeout=5):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def _port_rules(owner: str) -> list[str]:
+    from hanok.netns import nat
+
+    return [rule["rule"] for rule in nat.rules() if rule.get("owner") == owner]
+
+
+def test_a_port_published_without_host_ip_answers_on_both_families_and_hairpins(env: Env):
+    from hanok.netns import nat
+    from hanok.netns.nat import PortMapping
+
+    port = _free_port()
+    config = env.config
+    web = env.setup("web6", ports=[PortMapping(80, port)])
+    peer = env.setup("peer6")
+    ip, ip6 = web["ip"], web["ip6"]
+    assert _port_rules("web6") == [                            # in table order: ip (postrouting, input,
+        f'oifname "{config.bridge}" ip daddr {ip} ct status dnat ip saddr {{ {ip}, 127.0.0.0/8 }} '
+        'masquerade comment "hanok:web6"',                      # portmap), then ip6 (postrouting, portmap)
+        f'iifname "{config.bridge}" ip daddr 127.0.0.0/8 ct state != {{ established, related }} drop '
+        'comment "hanok:web6"',
+        f'tcp dport {port} dnat to {ip}:80 comment "hanok:web6"',
+        f'oifname "{config.bridge}" ip6 daddr {ip6} ct status dnat ip6 saddr {ip6} masquerade comment "hanok:web6"',
+        f'tcp dport {port} dnat to [{ip6}]:80 comment "hanok:web6"',
+    ]
+    # the host through its own IPv6 address (the bridge's gateway): DNAT in output, no masquerade needed
+    assert _tcp_exchange(web["netns"], "::", None, 80, "v6 from the host",
+                         connect_to=(config.gateway6, port)) == config.gateway6
+    # and through its IPv4 address, the same dual-stack socket seeing an IPv4-mapped peer
+    assert _tcp_exchange(web["netns"], "::", None, 80, "v4 from the host",
+                         connect_to=(config.gateway, port)) == f"::ffff:{config.gateway}"
+    # a neighbour through the host's address: hairpin, masqueraded to the bridge's address
+    assert _tcp_exchange(web["netns"], "::", peer["netns"], 80, "v6 hairpin",
+                         connect_to=(config.gateway6, port)) == config.gateway6
+    # ::1 is never DNATed: refused at once by the host (nothing listens there), not left hanging
+    assert _refused("::1", port)
+    env.teardown("web6")
+    assert _port_rules("web6") == []
+    assert [rule["kind"] for rule in nat.rules() if rule["rule"].startswith("ip6 ")] == ["masquerade", "hairpin"]
+
+
+def test_host_ip_picks_the_family(env: Env):
+    from hanok.netns.nat import PortMapping
+
+    port4, port6, port_addr = _free_port(), _free_port(), _free_port()
+    gateway6 = env.config.gateway6
+    web = env.setup("fam6", ports=[PortMapping(80, port4, "tcp", "0.0.0.0"), PortMapping(80, port6, "tcp", "::"),
+                                   PortMapping(81, port_addr, "udp", gateway6)])
+    assert [rule for rule in _port_rules("fam6") if " dnat to " in rule] == [
+        f'tcp dport {port4} dnat to {web["ip"]}:80 comment "hanok:fam6"',
+        f'tcp dport {port6} dnat to [{web["ip6"]}]:80 comment "hanok:fam6"',
+        f'ip6 daddr {gateway6} udp dport {port_addr} dnat to [{web["ip6"]}]:81 comment "hanok:fam6"',
+    ]
+    assert web["ports"] == [
+        {"containerPort": 80, "hostPort": port4, "protocol": "tcp", "hostIP": "0.0.0.0"},
+        {"containerPort": 80, "hostPort": port6, "protocol": "tcp", "hostIP": "::"},
+        {"containerPort": 81, "hostPort": port_addr, "protocol": "udp", "hostIP": gateway6},
+    ]
+    # IPv6 only: answered over IPv6, while the host's IPv4 address is not DNATed (the host refuses it)
+    assert _tcp_exchange(web["netns"], "::", None, 80, "six", connect_to=(gateway6, port6)) == gateway6
+    assert _refused(env.config.gateway, port6)
+
+
+def test_one_port_in_two_families_for_two_owners_and_clashes_named(env: Env):
+    from hanok.netns.nat import PortMapping
+
+    port = _free_port()
+    env.setup("only4", ports=[PortMapping(80, port, "tcp", "0.0.0.0")])
+    env.setup("only6", ports=[PortMapping(80, port, "tcp", "::")])          # the other family: no clash
+    links = env.links()
+    with pytest.raises(NetError, match=f"^port {port}/tcp is already published by container only4$"):
+        env.setup("late", ports=[PortMapping(80, port)])                     # both families: clashes
+    with pytest.raises(NetError, match=f"^port {port}/tcp is already published by container only6$"):
+        env.setup("late", ports=[PortMapping(80, port, "tcp", env.config.gateway6)])
+    assert env.links() == links and _port_rules("late") == []
+    assert not namespace.exists(env.run_dir, "late")
+    assert "late" not in env.pool6().leases() and "late" not in env.pool().leases()
+
+
+def test_an_ipv6_host_ip_on_an_ipv4_network_is_refused_and_nothing_is_left(env: Env):
+    from hanok.netns.nat import PortMapping
+
+    plain = network.create_network(env.state_root, "plain6p", _random_subnet(), bridge="hkt" + secrets.token_hex(2))
+    env.bridges.add(plain.bridge)
+    env.setup("keeper4", network=plain.name)                   # the bridge exists: only the new owner's things
+    links = env.links()
+    with pytest.raises(InvalidArgument, match=r"^host IP :: is IPv6, but the container has no IPv6 address "):
+        env.setup("v6on4", network=plain.name, ports=[PortMapping(80, _free_port(), "tcp", "::")])
+    assert env.links() == links
+    assert not namespace.exists(env.run_dir, "v6on4")
+    assert list(ipam.Pool(env.state_root, plain.name, plain.subnet).leases()) == ["keeper4"]
+    assert _port_rules("v6on4") == []
+    assert not os.path.exists(os.path.join(env.state_root, "net", "endpoints", "v6on4.json"))

@@ -28,7 +28,11 @@ def test_port_mapping_is_a_frozen_value() -> None:
     ("8080:80/udp", [PortMapping(80, 8080, "udp")]),
     (" 8080:80/TCP ", [PortMapping(80, 8080)]),
     ("127.0.0.1:8080:80", [PortMapping(80, 8080, "tcp", "127.0.0.1")]),
-    ("0.0.0.0:8080:80", [PortMapping(80, 8080)]),
+    ("0.0.0.0:8080:80", [PortMapping(80, 8080, "tcp", "0.0.0.0")]),       # IPv4 only, as in docker
+    ("[::]:8080:80", [PortMapping(80, 8080, "tcp", "::")]),                 # IPv6 only
+    ("[FD12:0:0::0009]:53:53/udp", [PortMapping(53, 53, "udp", "fd12::9")]),
+    ("[2001:db8::1]:9000-9001:90-91", [PortMapping(90, 9000, "tcp", "2001:db8::1"),
+                                       PortMapping(91, 9001, "tcp", "2001:db8::1")]),
     ("192.168.001.010:53:53/udp", [PortMapping(53, 53, "udp", "192.168.1.10")]),
     ("8000-8002:80-82", [PortMapping(80, 8000), PortMapping(81, 8001), PortMapping(82, 8002)]),
     ("127.0.0.1:9000-9001:9000-9001/udp",
@@ -45,6 +49,7 @@ def test_parse_publish_with_host_ports(spec: str, expected: list[PortMapping]) -
     ("0:80", [80], "tcp", ""),
     ("127.0.0.1::80", [80], "tcp", "127.0.0.1"),
     ("127.0.0.1::5000-5002/udp", [5000, 5001, 5002], "udp", "127.0.0.1"),
+    ("[::]::80", [80], "tcp", "::"),
 ])
 def test_parse_publish_picks_distinct_free_host_ports(spec: str, container_ports: list[int], protocol: str,
                                                       host_ip: str) -> None:
@@ -73,8 +78,19 @@ def test_parse_publish_host_range_for_one_port_takes_a_free_port_of_the_range() 
     ("90-80", 'invalid port mapping "90-80": container port "90-80" is not a port'),
     ("80/sctp", 'invalid port mapping "80/sctp": protocol "sctp" is not tcp or udp'),
     ("80/", 'invalid port mapping "80/": protocol "" is not tcp or udp'),
-    ("1:2:3:4", 'invalid port mapping "1:2:3:4": expected [[hostIP:]hostPort:]containerPort[/protocol]'),
-    ("[::1]:80:80", 'invalid port mapping "[::1]:80:80": IPv6 host addresses are not supported'),
+    ("1:2:3:4", 'invalid port mapping "1:2:3:4": expected [[hostIP:]hostPort:]containerPort[/protocol] '
+                '(an IPv6 hostIP in brackets: [::]:8080:80)'),
+    ("::1:80:80", 'invalid port mapping "::1:80:80": expected [[hostIP:]hostPort:]containerPort'),
+    ("[::1]:80:80", 'invalid port mapping "[::1]:80:80": host IP "::1" is the IPv6 loopback, which the kernel '
+                    "never routes to a container: publish on 127.0.0.1 instead"),
+    ("[::ffff:10.1.2.3]:80:80", 'invalid port mapping "[::ffff:10.1.2.3]:80:80": host IP "::ffff:10.1.2.3" is an '
+                                "IPv4-mapped address: give the IPv4 address itself"),
+    ("[fd12::zz]:80:80", 'invalid port mapping "[fd12::zz]:80:80": host IP "fd12::zz" is not an IPv6 address'),
+    ("[fe80::1%eth0]:80:80", 'invalid port mapping "[fe80::1%eth0]:80:80": host IP "fe80::1%eth0" is not an IPv6'),
+    ("[10.1.2.3]:80:80", 'invalid port mapping "[10.1.2.3]:80:80": host IP "10.1.2.3" in brackets is not an IPv6'),
+    ("[fd12::1]:80", 'invalid port mapping "[fd12::1]:80": expected [IPv6 address]:[hostPort]:containerPort'),
+    ("[fd12::1:80:80", 'invalid port mapping "[fd12::1:80:80": expected [IPv6 address]:[hostPort]:containerPort'),
+    ("[fd12::1]8080:80", 'invalid port mapping "[fd12::1]8080:80": expected [IPv6 address]:'),
     ("localhost:80:80", 'invalid port mapping "localhost:80:80": host IP "localhost" is not an IPv4 address'),
     ("1.2.3:80:80", 'invalid port mapping "1.2.3:80:80": host IP "1.2.3" is not an IPv4 address'),
     ("256.1.1.1:80:80", 'invalid port mapping "256.1.1.1:80:80": host IP "256.1.1.1" is not an IPv4 address'),
@@ -111,15 +127,41 @@ def test_names_are_kept_to_what_an_nft_comment_can_hold() -> None:
 
 
 def test_mappings_from_callers_are_checked_and_normalized() -> None:
-    assert nat._checked(PortMapping(80, 8080, "udp", "0.0.0.0")) == PortMapping(80, 8080, "udp", "")
+    assert nat._checked(PortMapping(80, 8080, "udp", "0.0.0.0")) == PortMapping(80, 8080, "udp", "0.0.0.0")
+    assert nat._checked(PortMapping(80, 8080, "udp", "FD12:0::1")) == PortMapping(80, 8080, "udp", "fd12::1")
     with pytest.raises(InvalidArgument, match='protocol "sctp"'):
         nat._checked(PortMapping(80, 8080, "sctp"))
     with pytest.raises(InvalidArgument, match='host port "0"'):
         nat._checked(PortMapping(80, 0))
     with pytest.raises(InvalidArgument, match='container port "80"'):
         nat._checked(PortMapping("80", 8080))  # type: ignore[arg-type]
-    with pytest.raises(InvalidArgument, match='host IP "::1"'):
+    with pytest.raises(InvalidArgument, match='host IP "::1" is the IPv6 loopback'):
         nat._checked(PortMapping(80, 8080, host_ip="::1"))
+    with pytest.raises(InvalidArgument, match='host IP "localhost" is not an IPv4 address'):
+        nat._checked(PortMapping(80, 8080, host_ip="localhost"))
+
+
+@pytest.mark.parametrize("host_ip, has_ip6, families", [
+    ("", False, ("ip",)), ("", True, ("ip", "ip6")),
+    ("0.0.0.0", True, ("ip",)), ("10.1.2.3", True, ("ip",)), ("10.1.2.3", False, ("ip",)),
+    ("::", True, ("ip6",)), ("fd12::1", True, ("ip6",)),
+])
+def test_a_mapping_lands_in_the_families_its_host_ip_names(host_ip: str, has_ip6: bool,
+                                                          families: tuple[str, ...]) -> None:
+    assert nat._families(host_ip, has_ip6) == families
+
+
+@pytest.mark.parametrize("host_ip", ["::", "fd12::1"])
+def test_an_ipv6_host_ip_needs_a_dual_stack_container(host_ip: str) -> None:
+    with pytest.raises(InvalidArgument, match=f"^host IP {host_ip} is IPv6, but the container has no IPv6 "
+                                              r"address \(publish on IPv6 from a network made with --ipv6-subnet\)$"):
+        nat._families(host_ip, False)
+
+
+def test_host_ips_overlap_within_a_family_when_equal_or_a_wildcard() -> None:
+    assert nat._overlaps("", "10.1.2.3") and nat._overlaps("0.0.0.0", "10.1.2.3") and nat._overlaps("::", "fd12::1")
+    assert nat._overlaps("fd12::1", "fd12::1") and not nat._overlaps("fd12::1", "fd12::2")
+    assert not nat._overlaps("10.1.2.3", "10.1.2.4")
 
 
 # --- nft script text -----------------------------------------------------------------------------------------
@@ -153,6 +195,8 @@ def test_port_commands() -> None:
         'add rule ip hanok portmap tcp dport 8080 dnat to 10.88.0.5:80 comment "hanok:c1"'
     assert nat._dnat_command("hanok", "c1", "10.88.0.5", PortMapping(53, 5353, "udp", "127.0.0.1")) == \
         'add rule ip hanok portmap ip daddr 127.0.0.1 udp dport 5353 dnat to 10.88.0.5:53 comment "hanok:c1"'
+    assert nat._dnat_command("hanok", "c1", "10.88.0.5", PortMapping(80, 8080, "tcp", "0.0.0.0")) == \
+        'add rule ip hanok portmap tcp dport 8080 dnat to 10.88.0.5:80 comment "hanok:c1"'
     assert nat._owner_commands("hanok", "c1", "10.88.0.5", "hanok0") == [
         'add rule ip hanok postrouting oifname "hanok0" ip daddr 10.88.0.5 ct status dnat '
         'ip saddr { 127.0.0.0/8, 10.88.0.5 } masquerade comment "hanok:c1"',
@@ -178,6 +222,28 @@ def test_ipv6_masquerade_commands() -> None:
     assert nat._masquerade6_commands("hanok", "dual", "fd12:3456:0:1::/64", "hk-dual") == [
         'add rule ip6 hanok postrouting ip6 saddr fd12:3456:0:1::/64 oifname != "hk-dual" masquerade '
         'comment "hanok-network:dual"',
+        'add rule ip6 hanok postrouting ip6 saddr fd12:3456:0:1::/64 oifname "hk-dual" ct status dnat masquerade '
+        'comment "hanok-network:dual"',
+    ]
+
+
+def test_ipv6_port_commands() -> None:
+    assert nat._portmap6_commands("hanok") == [
+        "add chain ip6 hanok prerouting { type nat hook prerouting priority dstnat; policy accept; }",
+        "add chain ip6 hanok output { type nat hook output priority -100; policy accept; }",
+        "add chain ip6 hanok portmap",
+        "add rule ip6 hanok prerouting fib daddr type local jump portmap",
+        "add rule ip6 hanok output ip6 daddr != ::1 fib daddr type local jump portmap",
+    ]
+    assert nat._dnat_command("hanok", "c1", "fd12::2", PortMapping(80, 8080), "ip6") == \
+        'add rule ip6 hanok portmap tcp dport 8080 dnat to [fd12::2]:80 comment "hanok:c1"'
+    assert nat._dnat_command("hanok", "c1", "fd12::2", PortMapping(80, 8080, "tcp", "::"), "ip6") == \
+        'add rule ip6 hanok portmap tcp dport 8080 dnat to [fd12::2]:80 comment "hanok:c1"'
+    assert nat._dnat_command("hanok", "c1", "fd12::2", PortMapping(53, 53, "udp", "fd12::9"), "ip6") == \
+        'add rule ip6 hanok portmap ip6 daddr fd12::9 udp dport 53 dnat to [fd12::2]:53 comment "hanok:c1"'
+    assert nat._owner6_commands("hanok", "c1", "fd12::2", "hk-dual") == [
+        'add rule ip6 hanok postrouting oifname "hk-dual" ip6 daddr fd12::2 ct status dnat ip6 saddr fd12::2 '
+        'masquerade comment "hanok:c1"',
     ]
 
 
@@ -240,6 +306,27 @@ LISTING6 = {"nftables": [
                   {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": "hk-dual"}},
                   {"masquerade": None}]}},
 ]}
+
+
+# the same table once a container published a port over IPv6 (libnftables 1.0.6)
+LISTING6_PORTS = {"nftables": [
+    *LISTING6["nftables"],
+    {"chain": {"family": "ip6", "table": "hanok", "name": "portmap", "handle": 4}},
+    {"rule": {"family": "ip6", "table": "hanok", "chain": "portmap", "handle": 6, "comment": "hanok:c1", "expr": [
+        {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": "fd12::9"}},
+        {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 8080}},
+        {"dnat": {"addr": "fd12:3456:0:1::2", "port": 80}}]}},
+]}
+
+
+def test_ipv6_listing_yields_dnat_facts_and_chain_names() -> None:
+    chains: set[str] = set()
+    masquerade, dnat = nat._parse_listing(json.dumps(LISTING6_PORTS), chains)
+    assert chains == {"postrouting", "portmap"}
+    assert (dnat.chain, dnat.handle, dnat.tag, dnat.kind) == ("portmap", 6, "hanok:c1", "dnat")
+    assert dnat.facts == {"daddr": "fd12::9", "protocol": "tcp", "dport": 8080, "dnat_addr": "fd12:3456:0:1::2",
+                          "dnat_port": 80}
+    assert masquerade.kind == "masquerade"
 
 
 def test_ipv6_listing_yields_the_facts_ensure_masquerade_compares() -> None:
