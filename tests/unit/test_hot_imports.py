@@ -80,3 +80,17 @@ def test_hot_path_does_not_import_cold_hanok_packages() -> None:
     cold = sorted(n for n in new if n.startswith(("hanok.images", "hanok.netns", "hanok.cgroups")))
     print("cold hanok modules:", cold)
     assert cold == []
+
+
+@pytest.mark.parametrize("command", ["hanok", "hanok-oci"])
+def test_the_installed_launchers_import_nothing_before_hanok(command: str) -> None:
+    """setup.py writes the launchers: pip 23's entry-point launcher imports re (~5 ms) on every command."""
+    launcher = os.path.join(os.path.dirname(sys.executable), command)
+    if not os.path.exists(launcher):
+        pytest.skip(f"{command} is not installed next to {sys.executable}")
+    with open(launcher) as f:
+        text = f.read()
+    statements = [line for line in text.splitlines() if line and not line.startswith("#")]
+    main = "hanok_main" if command == "hanok" else "oci_main"
+    assert statements == ["import sys", f"from hanok.cli import {main}", f"sys.exit({main}())"]
+    assert text.startswith("#!" + os.path.join(os.path.dirname(sys.executable), "python"))
