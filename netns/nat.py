@@ -172,7 +172,7 @@ def parse_publish(spec: str) -> list[PortMapping]:
         raise InvalidArgument(f"{bad}: expected [[hostIP:]hostPort:]containerPort[/protocol] "
                               "(an IPv6 hostIP in brackets: [::]:8080:80)")
     if host_ip:
-        host_ip = _host_ip(host_ip, f"{bad}: host IP")
+        host_ip = check_host_ip(host_ip, f"{bad}: host IP")
     first, last = _port_range(container, f"{bad}: container port")
     container_ports = list(range(first, last + 1))
     if host in ("", "0"):
@@ -220,9 +220,10 @@ def _ipv6(text: str, what: str) -> str:
         raise InvalidArgument(f'{what} "{text}" is not an IPv6 address') from None
 
 
-def _host_ip(text: str, what: str) -> str:
+def check_host_ip(text: str, what: str) -> str:
     """A hostIP, normalized: "" (every address of the host, in both families when the container has IPv6),
-    0.0.0.0 or an IPv4 address (IPv4 only), :: or an IPv6 address (IPv6 only)."""
+    0.0.0.0 or an IPv4 address (IPv4 only), :: or an IPv6 address (IPv6 only). Pod manifests check theirs
+    here too, so `what` names the field."""
     if not text:
         return ""
     if ":" not in text:
@@ -233,6 +234,9 @@ def _host_ip(text: str, what: str) -> str:
                               "container: publish on 127.0.0.1 instead")
     if address.startswith("::ffff:") and "." in address:
         raise InvalidArgument(f'{what} "{text}" is an IPv4-mapped address: give the IPv4 address itself')
+    if int(address.split(":", 1)[0] or "0", 16) & 0xFFC0 == 0xFE80:  # fe80::/10
+        raise InvalidArgument(f'{what} "{text}" is link-local (it needs an interface): publish on a global or '
+                              "unique local address")
     return address
 
 
@@ -301,7 +305,7 @@ def _checked(mapping: PortMapping) -> PortMapping:
     for what, port in (("container port", mapping.container_port), ("host port", mapping.host_port)):
         if type(port) is not int or not 1 <= port <= 65535:
             raise InvalidArgument(f'{what} "{port}" is not a port (1-65535)')
-    host_ip = _host_ip(mapping.host_ip, "host IP")
+    host_ip = check_host_ip(mapping.host_ip, "host IP")
     return PortMapping(mapping.container_port, mapping.host_port, mapping.protocol, host_ip)
 
 
@@ -311,15 +315,25 @@ def _overlaps(host_ip: str, other_host_ip: str) -> bool:
 
 
 def _probe(protocol: str, host_ip: str) -> tuple:
-    """A socket of the hostIP's family and the protocol's kind, and the address to bind it to for `port`
-    (IPV6_V6ONLY, so an IPv6 probe never collides with an IPv4 listener)."""
+    """A socket of the hostIP's family and the protocol's kind, and the address to bind it to for `port`.
+
+    An IPv6 hostIP gets IPV6_V6ONLY, so it never collides with an IPv4 listener. No hostIP ("") means both
+    families, not yet known while ports are picked: a dual-stack socket on :: (V6ONLY off) binds only a port
+    free in both, so a port picked for a dual-stack container is never refused by add_ports's IPv6 check.
+    Without IPv6 on the host it is an IPv4 socket.
+    """
     import socket
 
     kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
-    if ":" in host_ip:
-        sock = socket.socket(socket.AF_INET6, kind)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        return sock, host_ip
+    if ":" in host_ip or not host_ip:
+        try:
+            sock = socket.socket(socket.AF_INET6, kind)
+        except OSError:
+            if host_ip:
+                raise
+        else:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if host_ip else 0)
+            return sock, host_ip or "::"
     return socket.socket(socket.AF_INET, kind), host_ip
 
 
@@ -335,6 +349,7 @@ def _free_ports(count: int, protocol: str, host_ip: str, bad: str) -> list[int]:
             sock.bind((address, 0))
         return [sock.getsockname()[1] for sock in held]
     except OSError as e:
+        _raise_if_not_ours(e, host_ip)
         raise NetError(f"cannot pick a free {protocol} port on {_shown(host_ip)}: {e.strerror}") from None
     finally:
         for sock in held:
@@ -345,21 +360,32 @@ def _check_no_listener(mapping: PortMapping, family: str = "ip") -> None:
     """Refuse a host port a host service already listens on (in the family the rule is for): the DNAT would
     silently take its connections (say, -p 22:22 would hand the host's SSH to the container); docker refuses
     too."""
-    host_ip = mapping.host_ip or ("::" if family == "ip6" else "")
+    host_ip = mapping.host_ip or ("::" if family == "ip6" else "0.0.0.0")
     sock, address = _probe(mapping.protocol, host_ip)
     with sock:
         try:
             sock.bind((address, mapping.host_port))
         except OSError as e:
-            raise NetError(f"port {mapping.host_port}/{mapping.protocol} on {_shown(host_ip)} "
+            _raise_if_not_ours(e, host_ip)
+            raise NetError(f"port {mapping.host_port}/{mapping.protocol} on {_shown(mapping.host_ip, family)} "
                            f"is already in use: {e.strerror}") from None
 
 
-def _shown(host_ip: str) -> str:
-    """A hostIP as error messages name it."""
-    if host_ip in ("", "0.0.0.0"):
-        return "the host" if not host_ip else "the host's IPv4 addresses"
-    return "the host's IPv6 addresses" if host_ip == "::" else host_ip
+def _raise_if_not_ours(error: OSError, host_ip: str) -> None:
+    """A bind that failed because the hostIP is not an address of this host says so, rather than "in use"."""
+    import errno
+
+    if error.errno == errno.EADDRNOTAVAIL:
+        raise InvalidArgument(f"host IP {host_ip} is not an address of this host") from None
+
+
+def _shown(host_ip: str, family: str = "") -> str:
+    """A hostIP as error messages name it (a check of one family of "" names that family)."""
+    if host_ip == "0.0.0.0" or (not host_ip and family == "ip"):
+        return "the host's IPv4 addresses"
+    if host_ip == "::" or (not host_ip and family == "ip6"):
+        return "the host's IPv6 addresses"
+    return host_ip or "the host"
 
 
 def _first_free_port(first: int, last: int, protocol: str, host_ip: str) -> int:
@@ -368,7 +394,8 @@ def _first_free_port(first: int, last: int, protocol: str, host_ip: str) -> int:
         with sock:
             try:
                 sock.bind((address, port))
-            except OSError:
+            except OSError as e:
+                _raise_if_not_ours(e, host_ip)
                 continue
             return port
     raise NetError(f"no free {protocol} port in {first}-{last} on {_shown(host_ip)}")
@@ -702,9 +729,10 @@ def remove_masquerade(network: str) -> None:
 
 
 def add_ports(owner: str, container_ip: str, bridge: str, ports: list[PortMapping],
-              container_ip6: str | None = None) -> None:
+              container_ip6: str | None = None) -> list[PortMapping]:
     """Publish `ports` of the container at `container_ip` (and `container_ip6`, if dual-stack) on `bridge`,
-    all in one transaction over both tables.
+    all in one transaction over both tables; return them normalized (hostIP as the rules have it), which is
+    what callers should record and show.
 
     Each mapping goes in the tables its hostIP names (_families). Mappings `owner` already has are skipped
     (idempotent); a host port another owner publishes in the same family is an error naming that owner, and
@@ -723,8 +751,9 @@ def add_ports(owner: str, container_ip: str, bridge: str, ports: list[PortMappin
             if (earlier.protocol, earlier.host_port) == (mapping.protocol, mapping.host_port) \
                     and set(families) & set(earlier_families) and _overlaps(earlier.host_ip, mapping.host_ip):
                 raise InvalidArgument(f"port {mapping.host_port}/{mapping.protocol} is published twice")
+    published = [mapping for mapping, _ in wanted]
     if not wanted:
-        return
+        return published
     if not os.path.isdir(f"/sys/class/net/{bridge}"):
         raise NetError(f"bridge {bridge} does not exist")
     tag = OWNER_TAG + owner
@@ -755,13 +784,14 @@ def add_ports(owner: str, container_ip: str, bridge: str, ports: list[PortMappin
                 commands += [] if "portmap" in chains else _portmap6_commands(table)
             commands += additions
         if not commands:
-            return
+            return published
         # the rules (with the 127.0.0.0/8 guards) first, route_localnet after: a crash in between
         # leaves localhost publishing not working yet, never the bridge open to the host's loopback
         _apply(commands, f"publish ports of {owner} at {' and '.join(addresses.values())}")
         if added_v4:
             _set_route_localnet(bridge, True,
                                 "let 127.0.0.1 connections DNATed to a container leave through the bridge")
+    return published
 
 
 def _unpublished(mappings: list[PortMapping], installed: Iterable[_Rule], tag: str, address: str,

@@ -479,7 +479,7 @@ def _setup(state_root: str, run_dir: str, owner: str, config: NetworkConfig | No
         if ports:
             nat = _nat()
             undo.append(lambda: nat.remove_ports(owner))
-            nat.add_ports(owner, ip, config.bridge, ports, container_ip6=ipv6.get("ip6"))
+            ports = nat.add_ports(owner, ip, config.bridge, ports, container_ip6=ipv6.get("ip6"))
         result.update({"mode": "bridge", "network": config.name, "interface": "eth0", "ip": ip,
                        "prefixLength": prefixlen, "gateway": gateway, "mac": mac,
                        "hostInterface": host_ifname, "ports": [p.to_dict() for p in ports]})

@@ -362,6 +362,13 @@ def _port_number(value: int, where: str) -> int:
     return value
 
 
+def _host_ip(value: str, where: str) -> str:
+    """A port's hostIP, checked now (not when the pod starts) and normalized as nat.py publishes it."""
+    from hanok.netns import nat
+
+    return nat.check_host_ip(value, f"{where}:")
+
+
 def _user_of(security: dict, pod_security: dict, where: str) -> str | None:
     uid = security.get("runAsUser", pod_security.get("runAsUser"))
     gid = security.get("runAsGroup", pod_security.get("runAsGroup"))
@@ -459,7 +466,7 @@ def _k8s_container(ctr: dict, where: str, plan: PodPlan, pod_security: dict,
         taken_ports[key] = pw
         if "hostPort" in port:
             entry["hostPort"] = _port_number(port["hostPort"], f"{pw}.hostPort")
-            entry["hostIP"] = port.get("hostIP", "")
+            entry["hostIP"] = _host_ip(port.get("hostIP", ""), f"{pw}.hostIP")
             plan.ports.append(entry)
     resources = ctr.get("resources", {})
     limits, requests = resources.get("limits", {}), resources.get("requests", {})
@@ -575,7 +582,7 @@ def pod_from_sandbox_config(document: object) -> PodPlan:
                                        f"{where}.protocol")}
         if port.get("host_port"):
             entry["hostPort"] = _port_number(port["host_port"], f"{where}.host_port")
-            entry["hostIP"] = port.get("host_ip", "")
+            entry["hostIP"] = _host_ip(port.get("host_ip", ""), f"{where}.host_ip")
             plan.ports.append(entry)
     return plan
 

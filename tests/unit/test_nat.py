@@ -87,6 +87,9 @@ def test_parse_publish_host_range_for_one_port_takes_a_free_port_of_the_range() 
                                 "IPv4-mapped address: give the IPv4 address itself"),
     ("[fd12::zz]:80:80", 'invalid port mapping "[fd12::zz]:80:80": host IP "fd12::zz" is not an IPv6 address'),
     ("[fe80::1%eth0]:80:80", 'invalid port mapping "[fe80::1%eth0]:80:80": host IP "fe80::1%eth0" is not an IPv6'),
+    ("[FE80::1]:80:80", 'invalid port mapping "[FE80::1]:80:80": host IP "FE80::1" is link-local (it needs an '
+                        "interface): publish on a global or unique local address"),
+    ("[febf::1]:80:80", 'invalid port mapping "[febf::1]:80:80": host IP "febf::1" is link-local'),
     ("[10.1.2.3]:80:80", 'invalid port mapping "[10.1.2.3]:80:80": host IP "10.1.2.3" in brackets is not an IPv6'),
     ("[fd12::1]:80", 'invalid port mapping "[fd12::1]:80": expected [IPv6 address]:[hostPort]:containerPort'),
     ("[fd12::1:80:80", 'invalid port mapping "[fd12::1:80:80": expected [IPv6 address]:[hostPort]:containerPort'),
@@ -385,3 +388,30 @@ add rule ip hanok portmap tcp dport
         "nft: Could not process rule: No such file or directory (in `delete rule ip hanok postrouting handle 99`); "
         "syntax error, unexpected newline (in `add rule ip hanok portmap tcp dport`)")
     assert nat._condense("netlink: something odd\n  happened\n") == "nft: netlink: something odd happened"
+
+
+def test_a_port_picked_without_host_ip_is_free_in_both_families() -> None:
+    """A dual-stack container publishes it on both: a port taken over IPv6 only must not be picked."""
+    import socket
+
+    with socket.socket(socket.AF_INET6) as taken:
+        taken.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        taken.bind(("::", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        last = min(port + 20, 65535)
+        [mapping] = nat.parse_publish(f"{port}-{last}:80")          # the range's first free port...
+        assert port < mapping.host_port <= last                      # ...is not the one IPv6 has
+        [mapping] = nat.parse_publish("80")                          # a picked port: free in both
+        for family in (socket.AF_INET, socket.AF_INET6):
+            with socket.socket(family) as probe:
+                probe.bind(("", mapping.host_port))
+
+
+def test_a_host_ip_that_is_not_the_hosts_is_named_as_such() -> None:
+    with pytest.raises(InvalidArgument, match=r'^host IP 192\.0\.2\.1 is not an address of this host$'):
+        nat.parse_publish("192.0.2.1::80")
+    with pytest.raises(InvalidArgument, match=r'^host IP 192\.0\.2\.1 is not an address of this host$'):
+        nat.parse_publish("192.0.2.1:30000-30002:80")
+    with pytest.raises(InvalidArgument, match=r'^host IP 2001:db8::7 is not an address of this host$'):
+        nat._check_no_listener(PortMapping(80, 30000, "tcp", "2001:db8::7"), "ip6")

@@ -150,6 +150,13 @@ def test_yaml_empty_values_are_absent_fields(tmp_path: Path) -> None:
     ("spec.containers.0.ports.0.protocol", "SCTP",
      'spec.containers[0].ports[0].protocol: "SCTP" is not a protocol (TCP or UDP)'),
     ("spec.containers.0.ports.1.containerPort", 80, None),  # 80/udp beside 80/tcp is fine
+    ("spec.containers.0.ports.0.hostIP", "::1",
+     'spec.containers[0].ports[0].hostIP: "::1" is the IPv6 loopback, which the kernel never routes to a '
+     "container: publish on 127.0.0.1 instead"),
+    ("spec.containers.0.ports.0.hostIP", "[::]",
+     'spec.containers[0].ports[0].hostIP: "[::]" is not an IPv6 address'),
+    ("spec.containers.0.ports.0.hostIP", "localhost",
+     'spec.containers[0].ports[0].hostIP: "localhost" is not an IPv4 address'),
     ("spec.containers.1.name", "app", 'spec.containers[1].name: duplicate container name "app"'),
     ("spec.containers.0.volumeMounts.0.name", "nope",
      'spec.containers[0].volumeMounts[0].name: no volume named "nope" in spec.volumes'),
@@ -253,7 +260,8 @@ SANDBOX = {
     "dns_config": {"servers": ["10.96.0.10"], "searches": ["default.svc.cluster.local", "svc.cluster.local"],
                    "options": ["ndots:5"]},
     "port_mappings": [{"protocol": 0, "container_port": 80, "host_port": 18081, "host_ip": "127.0.0.1"},
-                      {"container_port": 81}, {"protocol": "UDP", "container_port": 82, "host_port": 18082}],
+                      {"container_port": 81}, {"protocol": "UDP", "container_port": 82, "host_port": 18082},
+                      {"container_port": 83, "host_port": 18083, "host_ip": "FD12:0::9"}],
     "labels": {"app": "nginx"},
     "annotations": {"a": "b"},
     "linux": {"cgroup_parent": "/kubepods/pod1",
@@ -266,7 +274,8 @@ def test_sandbox_config_maps_to_a_plan() -> None:
     assert (plan.name, plan.namespace, plan.uid, plan.hostname, plan.cgroup_parent, plan.log_directory) == (
         "nginx-sandbox.1", "default", "hdishd83djaidwnduwk28bcsb", "nginx", "/kubepods/pod1", "/tmp/logs")
     assert plan.ports == [{"containerPort": 80, "protocol": "tcp", "hostPort": 18081, "hostIP": "127.0.0.1"},
-                          {"containerPort": 82, "protocol": "udp", "hostPort": 18082, "hostIP": ""}]
+                          {"containerPort": 82, "protocol": "udp", "hostPort": 18082, "hostIP": ""},
+                          {"containerPort": 83, "protocol": "tcp", "hostPort": 18083, "hostIP": "fd12::9"}]
     assert (plan.labels, plan.annotations, plan.containers) == ({"app": "nginx"}, {"a": "b"}, [])
     assert pod.resolv_conf(plan.dns) == ("nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local\n"
                                          "options ndots:5\n")
@@ -288,6 +297,9 @@ def test_sandbox_config_accepts_camel_case_but_not_in_maps() -> None:
      'port_mappings[0].protocol: "7" is not a protocol (TCP or UDP)', InvalidArgument),
     ({"metadata": {"name": "s"}, "port_mappings": [{"container_port": 80, "protocol": True}]},
      "port_mappings[0].protocol: expected a name or a number, got true", InvalidArgument),
+    ({"metadata": {"name": "s"}, "port_mappings": [{"container_port": 80, "host_port": 8080, "host_ip": "fe80::1"}]},
+     'port_mappings[0].host_ip: "fe80::1" is link-local (it needs an interface): publish on a global or unique '
+     "local address", InvalidArgument),
     ({"metadata": {"name": "s"}, "linux": {"security_context": {"namespace_options": {"network": 2}}}},
      "linux.security_context.namespace_options.network: only POD (0) is supported", NotSupported),
     ({"metadata": {"name": "s"}, "dns_config": {"servers": ["dns.example"]}},
