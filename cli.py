@@ -898,11 +898,11 @@ def _ps(app: Application, p: dict) -> None:
         for r in rows:
             _echo(r["id"] if no_trunc else r["id"][:12])
         return
-    import shlex  # the table only: it imports re (~4 ms)
+    from hanok.runtime import explain  # shell quoting without shlex, which imports re (~5 ms)
 
     table = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES")]
     for r in rows:
-        cmd = shlex.join(r["command"])
+        cmd = explain.quote(r["command"])
         if not no_trunc and len(cmd) > 20:
             cmd = cmd[:19] + "…"
         table.append((r["id"] if no_trunc else r["id"][:12], r["image"], f'"{cmd}"', _ago(r["created"]),

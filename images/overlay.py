@@ -15,7 +15,6 @@ so the scratch links are removed right after.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 
@@ -122,10 +121,14 @@ def mount(lowers: list[str], upper: str | None, work: str | None, target: str,
             os.close(old_cwd)
         if made is not None:
             for n in os.listdir(made):
-                with contextlib.suppress(OSError):
+                try:
                     os.unlink(os.path.join(made, n))
-            with contextlib.suppress(OSError):
+                except OSError:
+                    pass
+            try:
                 os.rmdir(made)
+            except OSError:
+                pass
 
 
 def unmount(target: str, detach_if_busy: bool = True) -> None:

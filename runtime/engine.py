@@ -32,7 +32,6 @@ removes the container when it was started with --rm.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -42,9 +41,6 @@ import time
 from hanok.runtime import jsonio, state
 from hanok.runtime.bundle import RunOptions
 from hanok.runtime.errors import BadState, Exists, HanokError, InvalidArgument, NotFound
-
-if False:  # typing only (typing costs ~2 ms on the `hanok run` hot path)
-    from collections.abc import Iterator
 
 RECORD = "container.json"
 RUN = "run.json"
@@ -114,36 +110,14 @@ class Container:
         """Atomically; fsynced except run.json, which describes a live process (moot after a power loss)."""
         state.write_atomic(self.path(name), jsonio.dumps(value).encode(), 0o644, durable=name != RUN)
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Serialises start/stop/rm/cleanup of one container across processes."""
-        try:
-            fd = os.open(self.path("lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except FileNotFoundError:
-            raise NotFound(f"no such container: {self.id}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def lock(self) -> _FileLock:
+        """Serialises start/stop/rm/cleanup of one container across processes (`with c.lock():`)."""
+        return _FileLock(self.path("lock"), missing=NotFound(f"no such container: {self.id}"))
 
-    @contextlib.contextmanager
-    def try_lock(self) -> Iterator[bool]:
-        """The lock if nobody holds it (True), else False at once: for gc, which must not wait."""
-        try:
-            fd = os.open(self.path("lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except FileNotFoundError:
-            yield False
-            return
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)
+    def try_lock(self) -> _FileLock:
+        """`with c.try_lock() as held:` the lock if nobody holds it (True), else False at once: for gc,
+        which must not wait."""
+        return _FileLock(self.path("lock"), blocking=False)
 
     # ------------------------------------------------------------ status
 
@@ -328,8 +302,10 @@ class Engine:
             # loss: an unsynced new file could come back empty)
             state.write_atomic(os.path.join(cdir, RECORD), jsonio.dumps(record).encode(), 0o644)
         except BaseException:
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(os.path.join(self.names_dir, name))
+            except OSError:
+                pass
             remove_owner_dir(cdir)
             raise
         return Container(self, cid)
@@ -408,8 +384,10 @@ class Engine:
         if not first or os.path.exists(c.path(RUN)):
             self._release(c)
             for stale in (EXIT, RUN):
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     os.unlink(c.path(stale))
+                except FileNotFoundError:
+                    pass
         return self._prepare(c)
 
     def _prepare(self, c: Container) -> dict:
@@ -448,8 +426,10 @@ class Engine:
             return {"startedAt": _now(), "network": net}
         except BaseException:
             for step in reversed(undo):
-                with contextlib.suppress(HanokError, OSError):
+                try:
                     step()
+                except (HanokError, OSError):
+                    pass
             raise
 
     def start(self, ref: str | Container, *, attach: bool = False) -> Container | int:
@@ -518,13 +498,15 @@ class Engine:
 
     def _follow_until_exit(self, c: Container, monitor_pid: int) -> int:
         """Print the container's output as it comes, forward ^C and friends, return its exit code."""
-        import signal as _signal
+        import _signal  # the C module: `signal` would import enum (~3 ms)
 
         from hanok.runtime import container, logs
 
         def forward(signum: int, _frame: object) -> None:
-            with contextlib.suppress(HanokError):
+            try:
                 container.kill(self.oci_root, c.id, signum)
+            except HanokError:
+                pass
 
         for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT):
             _signal.signal(sig, forward)
@@ -581,8 +563,10 @@ class Engine:
                 return c, self._run_in_terminal(c)
             monitor_pid = self._launch(c, attach=not detach, first=True)
         except BaseException:
-            with contextlib.suppress(HanokError, OSError):
+            try:
                 self.remove(c.id, force=True)
+            except (HanokError, OSError):
+                pass
             raise
         if detach:
             return c, None
@@ -605,11 +589,15 @@ class Engine:
         if not c.status()["running"]:
             return c
         signal = (c.record.get("imageConfig") or {}).get("StopSignal") or "TERM"
-        with contextlib.suppress(BadState, NotFound):
+        try:
             container.kill(self.oci_root, c.id, signal)
+        except (BadState, NotFound):
+            pass
         if not self._wait_stopped(c, 10.0 if timeout is None else timeout):
-            with contextlib.suppress(BadState, NotFound):
+            try:
                 container.kill(self.oci_root, c.id, "KILL", all_processes=True)
+            except (BadState, NotFound):
+                pass
             self._wait_stopped(c, 10.0)
         self.cleanup(c.id)
         return c
@@ -639,8 +627,10 @@ class Engine:
             self._record_oom_kill(c)
             self._release(c)
         if c.options.auto_remove:
-            with contextlib.suppress(NotFound, BadState):
+            try:
                 self.remove(c.id, force=True)
+            except (NotFound, BadState):
+                pass
 
     def _record_oom_kill(self, c: Container) -> None:
         """Before the cgroup goes: did the kernel's OOM killer end this run? (into exit.json)
@@ -687,8 +677,10 @@ class Engine:
         from hanok.images import overlay
         from hanok.runtime import container
 
-        with contextlib.suppress(NotFound):
+        try:
             container.delete(self.oci_root, c.id, force=True)
+        except NotFound:
+            pass
         net = (c.read_json(RUN) or {}).get("network")
         if net is None or not net.get("joined"):
             from hanok.netns import network
@@ -697,8 +689,10 @@ class Engine:
                 network.teardown(self.store_root, self.run_root, c.id)
         overlay.unmount(c.rootfs)
         if not keep_run:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(c.path(RUN))
+            except FileNotFoundError:
+                pass
 
     def remove(self, ref: str, force: bool = False) -> Container:
         """docker rm: a running container only with `force` (killed first), or with a corrupt record."""
@@ -712,17 +706,21 @@ class Engine:
                     raise BadState(f"cannot remove container {c.name}: it is running (stop it first, or use -f)")
                 from hanok.runtime import container
 
-                with contextlib.suppress(BadState, NotFound):
+                try:
                     container.kill(self.oci_root, c.id, "KILL", all_processes=True)
+                except (BadState, NotFound):
+                    pass
                 self._wait_stopped(c, 10.0)
             with c.lock():
                 if c.status()["running"]:  # started meanwhile: judge again
                     continue
                 self._release(c)
                 name_link = os.path.join(self.names_dir, c.name)
-                with contextlib.suppress(OSError):
+                try:
                     if os.readlink(name_link) == c.id:
                         os.unlink(name_link)
+                except OSError:
+                    pass
                 os.unlink(c.path(RECORD))  # from here on the container does not exist
             remove_owner_dir(c.dir)
             return c
@@ -748,14 +746,20 @@ class Engine:
             for undo in (lambda: container.delete(self.oci_root, c.id, force=True),
                          lambda: network.teardown(self.store_root, self.run_root, c.id),
                          lambda: overlay.unmount(c.rootfs), lambda: os.unlink(c.path(RECORD))):
-                with contextlib.suppress(HanokError, OSError):
+                try:
                     undo()
-            with contextlib.suppress(OSError):
+                except (HanokError, OSError):
+                    pass
+            try:
                 for name in os.listdir(self.names_dir):
                     link = os.path.join(self.names_dir, name)
-                    with contextlib.suppress(OSError):
+                    try:
                         if os.readlink(link) == c.id:
                             os.unlink(link)
+                    except OSError:
+                        pass
+            except OSError:
+                pass
         remove_owner_dir(c.dir)
 
     # ------------------------------------------------------------ exec
@@ -783,10 +787,10 @@ class Engine:
         if timeout is not None:
             if tty or detach:
                 raise InvalidArgument("a timeout needs an exec that is waited for, without a terminal")
-            with _stdin_unless(interactive):
+            with _StdinUnless(interactive):
                 return container.exec_process(self.oci_root, c.id, process, wait=_waiter(timeout, " ".join(args)))
         if not tty:
-            with _stdin_unless(interactive):
+            with _StdinUnless(interactive):
                 return container.exec_process(self.oci_root, c.id, process, detach=detach)
         if detach:
             raise InvalidArgument("a terminal needs an attached exec (drop -d or -t)")
@@ -824,9 +828,11 @@ class Engine:
                                         "runtimeStates": [], "network": []}
         for c in self.containers():
             if self._record_corrupt(c):  # records are renamed into place whole: this never heals
-                with contextlib.suppress(HanokError, OSError):
+                try:
                     self._remove_corrupt(c)
                     report["removed"].append(c.id)
+                except (HanokError, OSError):
+                    pass
                 continue
             try:
                 with c.try_lock() as mine:
@@ -863,9 +869,11 @@ class Engine:
         known = set(self.ids())
         for cid in state.list_ids(self.oci_root):
             if cid not in known:
-                with contextlib.suppress(HanokError):
+                try:
                     container.delete(self.oci_root, cid, force=True)
                     report["runtimeStates"].append(cid)
+                except HanokError:
+                    pass
         from hanok.netns import network
 
         report.update(self.pods.gc(grace_seconds))
@@ -926,16 +934,20 @@ class Engine:
     def in_use_layers(self) -> set[str]:
         layers: set[str] = set()
         for c in self.containers():
-            with contextlib.suppress(HanokError):
+            try:
                 layers.update(c.record["layers"])
+            except HanokError:
+                pass
         return layers
 
     def users_of_image(self, image_id: str) -> list[Container]:
         out = []
         for c in self.containers():
-            with contextlib.suppress(HanokError):
+            try:
                 if c.record["image"]["id"] == image_id:
                     out.append(c)
+            except HanokError:
+                pass
         return out
 
 
@@ -1005,33 +1017,77 @@ def remove_owner_dir(path: str) -> None:
         raise
 
 
-@contextlib.contextmanager
-def _stdin_unless(interactive: bool) -> Iterator[None]:
+# The `with` blocks here are small classes rather than @contextlib.contextmanager generators: importing
+# contextlib (collections, functools) costs ~2.5 ms, a sixth of `hanok ps`.
+
+class _FileLock:
+    """flock(LOCK_EX) on a lock file for one `with` block, which gets True; `blocking=False` gets False
+    at once when another process holds it, and so does a missing directory unless `missing` is given,
+    which is raised instead."""
+
+    def __init__(self, path: str, blocking: bool = True, missing: HanokError | None = None) -> None:
+        self.path = path
+        self.blocking = blocking
+        self.missing = missing
+        self.fd = -1
+
+    def __enter__(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            if self.missing is not None:
+                raise self.missing from None
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if self.blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        return True
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _StdinUnless:
     """docker exec without -i: the process reads /dev/null, not our stdin (a loop's input is not its)."""
-    if interactive:
-        yield
-        return
-    saved = os.dup(0)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    try:
-        os.dup2(devnull, 0)
-        yield
-    finally:
-        os.dup2(saved, 0)
-        os.close(saved)
-        os.close(devnull)
+
+    def __init__(self, interactive: bool) -> None:
+        self.interactive = interactive
+        self.saved = -1
+
+    def __enter__(self) -> None:
+        if self.interactive:
+            return
+        saved = os.dup(0)
+        try:
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            try:
+                os.dup2(devnull, 0)
+            finally:
+                os.close(devnull)
+        except BaseException:
+            os.close(saved)
+            raise
+        self.saved = saved
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.saved >= 0:
+            os.dup2(self.saved, 0)
+            os.close(self.saved)
+            self.saved = -1
 
 
-@contextlib.contextmanager
-def name_lock(names_dir: str) -> Iterator[None]:
-    """Serialises taking names (containers' or pods'): see claim_link."""
+def name_lock(names_dir: str) -> _FileLock:
+    """Serialises taking names (containers' or pods'): see claim_link. `with name_lock(d):`"""
     os.makedirs(names_dir, exist_ok=True)
-    fd = os.open(os.path.join(names_dir, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return _FileLock(os.path.join(names_dir, ".lock"))
 
 
 def remove_dangling_links(names_dir: str, owners_dir: str, record: str, grace_seconds: float) -> list[str]:
@@ -1045,11 +1101,13 @@ def remove_dangling_links(names_dir: str, owners_dir: str, record: str, grace_se
         return []
     for name in names:
         link = os.path.join(names_dir, name)
-        with contextlib.suppress(OSError):  # not a link (.lock), or gone meanwhile
+        try:  # not a link (.lock), or gone meanwhile
             if (not os.path.isfile(os.path.join(owners_dir, os.readlink(link), record))
                     and now - os.lstat(link).st_mtime > grace_seconds):
                 os.unlink(link)
                 removed.append(name)
+        except OSError:
+            pass
     return removed
 
 
@@ -1097,8 +1155,10 @@ def _waiter(timeout: float, what: str):  # -> Callable[[int], int]
             if done:
                 return status
             if time.monotonic() >= deadline:
-                with contextlib.suppress(ProcessLookupError):
+                try:
                     os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
                 os.waitpid(pid, 0)
                 raise HanokError(f"exec {what!r} timed out after {timeout:g}s and was killed")
             time.sleep(delay)

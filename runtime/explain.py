@@ -23,7 +23,6 @@ def enable(fd: int = 2) -> None:
     """Start printing steps to `fd` (default stderr)."""
     global _fd
     _fd = fd
-    import shlex  # noqa: F401 - loaded now: quote() may run inside a container's root
 
 
 def disable() -> None:
@@ -46,8 +45,20 @@ def step(command: str, why: str = "") -> None:
         pass
 
 
-def quote(words: Iterable[str]) -> str:
-    """Join words as a shell would need them quoted."""
-    import shlex  # only when tracing: keeps `re` off the hot path
+# What shlex.quote leaves bare (its `[^\w@%+=:,./-]` with re.ASCII), written out: shlex imports re, and with
+# it enum and functools (~5 ms), which `hanok ps` would pay for its COMMAND column.
+_SHELL_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-")
 
-    return " ".join(shlex.quote(str(w)) for w in words)
+
+def shell_quote(word: str) -> str:
+    """`word` as a shell needs it written, exactly as shlex.quote does it."""
+    if not word:
+        return "''"
+    if _SHELL_SAFE.issuperset(word):
+        return word
+    return "'" + word.replace("'", "'\"'\"'") + "'"
+
+
+def quote(words: Iterable[str]) -> str:
+    """Join words as a shell would need them quoted (shlex.join)."""
+    return " ".join(shell_quote(str(w)) for w in words)

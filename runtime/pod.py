@@ -48,7 +48,6 @@ mapped to RunOptions; nothing touches the host until they are all valid.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 
@@ -732,10 +731,14 @@ def _unbind_namespaces(ns_dir: str) -> None:
         except OSError as e:
             if e.errno not in (errno.EINVAL, errno.ENOENT):
                 raise HanokError(f"cannot unmount {target}: {e.strerror}") from None
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(target)
-    with contextlib.suppress(FileNotFoundError, OSError):
+        except FileNotFoundError:
+            pass
+    try:
         os.rmdir(ns_dir)
+    except (FileNotFoundError, OSError):
+        pass
 
 
 class Pod:
@@ -794,9 +797,11 @@ class Pod:
     def containers(self) -> list["Container"]:
         out = []
         for c in self.pods.engine.containers():
-            with contextlib.suppress(HanokError):
+            try:
                 if c.record["options"].get("pod") == self.id:
                     out.append(c)
+            except HanokError:
+                pass
         return out
 
     def _name_prefixes(self) -> tuple[str, str]:
@@ -1000,8 +1005,10 @@ class Pods:
             state.write_atomic(os.path.join(pod_dir, RECORD), jsonio.dumps(record).encode(), 0o644)
         except BaseException:
             for step in reversed(undo):
-                with contextlib.suppress(HanokError, OSError):
+                try:
                     step()
+                except (HanokError, OSError):
+                    pass
             raise
         return Pod(self, pod_id)
 
@@ -1032,8 +1039,10 @@ class Pods:
                 os.makedirs(os.path.dirname(log_path), 0o755, exist_ok=True)
                 os.symlink(c.path(LOG), log_path)
             except OSError as e:
-                with contextlib.suppress(HanokError):
+                try:
                     self.engine.remove(c.id, force=True)
+                except HanokError:
+                    pass
                 raise InvalidArgument(f"log_path {log_path}: {e.strerror}") from None
         return c
 
@@ -1056,8 +1065,10 @@ class Pods:
             for c in made:
                 self.engine.start(c)
         except BaseException:
-            with contextlib.suppress(HanokError, OSError):
+            try:
                 self.remove(pod.id, force=True)
+            except (HanokError, OSError):
+                pass
             raise
         return pod, made
 
@@ -1097,8 +1108,10 @@ class Pods:
 
         network.teardown(self.engine.store_root, self.engine.run_root, pod.id)
         _unbind_namespaces(pod.ns_dir)
-        with contextlib.suppress(OSError):
+        try:
             os.rmdir(os.path.dirname(pod.ns_dir))
+        except OSError:
+            pass
 
     def remove(self, ref: str, force: bool = False) -> Pod:
         """The containers (running ones only with `force`), the sandbox, cgroup, volumes and record."""
@@ -1111,15 +1124,19 @@ class Pods:
             raise BadState(f"cannot remove pod {pod.ref}: containers {', '.join(running)} are running "
                            f"(stop it first, or use -f)")
         for c in containers:
-            with contextlib.suppress(NotFound):
+            try:
                 self.engine.remove(c.id, force=True)
+            except NotFound:
+                pass
         self._release_sandbox(pod)
         cgroup = cgroups.manager(pod.cgroup_path, pod.id)
         _destroy_cgroup(cgroup, pod.record.get("cgroupCreated") or [], raise_errors=True)
         link = os.path.join(self.names_dir, _link_key(pod.namespace, pod.name))
-        with contextlib.suppress(OSError):
+        try:
             if os.readlink(link) == pod.id:
                 os.unlink(link)
+        except OSError:
+            pass
         os.unlink(os.path.join(pod.dir, RECORD))  # from here on the pod does not exist
         _rmtree(pod.dir)
         return pod
@@ -1163,10 +1180,14 @@ class Pods:
                 from hanok import cgroups
 
                 _unbind_namespaces(os.path.join(self.run_pods_dir, entry, "ns"))
-                with contextlib.suppress(OSError):
+                try:
                     os.rmdir(os.path.join(self.run_pods_dir, entry))
-                with contextlib.suppress(HanokError):
+                except OSError:
+                    pass
+                try:
                     _destroy_cgroup(cgroups.manager(f"/{cgroups.DEFAULT_PARENT}/pod-{entry}", entry))
+                except HanokError:
+                    pass
                 _rmtree(path)
                 report["pods"].append(entry)
         from hanok.runtime.engine import remove_dangling_links
@@ -1181,8 +1202,10 @@ class Pods:
             if entry in known or not os.path.isdir(path) or now - os.lstat(path).st_mtime <= grace_seconds:
                 continue
             _unbind_namespaces(os.path.join(path, "ns"))
-            with contextlib.suppress(OSError):
+            try:
                 os.rmdir(path)
+            except OSError:
+                pass
             report["podNamespaces"].append(entry)
         for pod in self.all():
             # a recorded pod missing part of its sandbox is not ready: release the rest
@@ -1211,19 +1234,25 @@ def _destroy_cgroup(cgroup: Any, created: list[str] | None = None, raise_errors:
             # removed, one by one and only when empty (destroy() would also remove child cgroups
             # that are not ours)
             for directory in reversed(ours):
-                with contextlib.suppress(OSError):
+                try:
                     os.rmdir(directory)
+                except OSError:
+                    pass
             return
         if cgroup.exists():
             cgroup.destroy()
         for directory in reversed(created or []):  # destroy() did these unless the leaf was gone already
-            with contextlib.suppress(OSError):
+            try:
                 os.rmdir(directory)
+            except OSError:
+                pass
         for directory in getattr(cgroup, "dirs", None) or [cgroup.dir]:  # each hierarchy's /hanok, once empty
             parent = osp.dirname(directory)
             if osp.basename(parent) == cgroups.DEFAULT_PARENT:
-                with contextlib.suppress(OSError):
+                try:
                     os.rmdir(parent)
+                except OSError:
+                    pass
     except HanokError:
         if raise_errors:
             raise
