@@ -28,12 +28,20 @@ modules are loaded, so any later import gets the real modules; the stdlib
 stand-ins the message modules keep forward every attribute to the real module
 (imported on first use), so an error path that logs or formats a traceback
 works as before. (ifinfmsg's own `config` global stays the stand-in; it is
-read only at import.) This relies on what pyroute2 0.9 reads, so it is done
+read only at import.) `socket` and `typing` get stand-ins too: of socket.py
+(which imports selectors and enum) the message modules use the constants and
+functions of its C module `_socket`, which the stand-in hands out; of typing
+(which imports re and contextlib) they use names only in annotations. While
+the modules load, a name the C module lacks (socket.AddressFamily, in an
+annotation) and every typing name is an inert placeholder (_ANNOTATION); once
+they are loaded, the stand-ins they keep forward such names to the real
+modules. This relies on what pyroute2 0.9 reads, so it is done
 only when the installed pyroute2 is 0.9.x (read from its config/version.py);
 any other version, or a pyroute2 already imported, is imported the ordinary
 way. Measured with `python -c`, importing the three classes went from ~31 ms
-to ~22 ms above interpreter start; what remains is socket and typing (~13 ms,
-which pyroute2's modules need at import) and pyroute2's own modules (~8 ms).
+to ~22 ms above interpreter start with the first stand-ins, and the socket and
+typing stand-ins take another ~6 ms off; what remains is pyroute2's own
+modules and the stdlib they really use (collections, threading, weakref).
 
 A socket belongs to the network namespace of the thread that created it, so
 `socket_in(netns_path)` enters the namespace in the calling thread only
@@ -80,6 +88,7 @@ _HEADER = struct.Struct("=IHHII")          # struct nlmsghdr
 _CLONE_NEWNET = 0x40000000
 LEAN_VERSIONS = "0.9."                     # the pyroute2 releases `_add_stand_ins` was checked against
 _LAZY_STDLIB = ("logging", "traceback", "pkgutil")
+_loading = False   # True while the message modules import (under _import_lock): stand-ins hand out placeholders
 
 
 def _pyroute2_spec() -> ModuleSpec:
@@ -154,6 +163,52 @@ class _LazyModule(types.ModuleType):
         return getattr(_real(self.__name__), attr)
 
 
+class _AnnotationOnly:
+    """The placeholder a stand-in gives while the message modules load, for names they use only in
+    annotations (`Optional[int]`, `TypeVar("F", bound=...)`, `socket.AddressFamily`): it can be
+    subscripted, called and or-ed, and is never used for anything else."""
+
+    def __getitem__(self, _item: object) -> _AnnotationOnly:
+        return self
+
+    def __call__(self, *_args: object, **_kwargs: object) -> _AnnotationOnly:
+        return self
+
+    def __or__(self, _other: object) -> _AnnotationOnly:
+        return self
+
+    __ror__ = __or__
+
+    def __repr__(self) -> str:
+        return "<annotation placeholder from hanok.netns._pyroute>"
+
+
+_ANNOTATION = _AnnotationOnly()
+
+
+class _LeanSocket(_LazyModule):
+    """`socket` for the message modules: the C module's constants and functions (ints, not socket.py's
+    enums), anything else from the real socket.py, imported on first use after loading."""
+
+    def __getattr__(self, attr: str) -> object:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        try:
+            return getattr(socket, attr)    # `socket` is the C module _socket here
+        except AttributeError:
+            pass
+        return _ANNOTATION if _loading else getattr(_real("socket"), attr)
+
+
+class _LeanTyping(_LazyModule):
+    """`typing` for the message modules: placeholders while they load (annotations), the real module after."""
+
+    def __getattr__(self, attr: str) -> object:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _ANNOTATION if _loading else getattr(_real("typing"), attr)
+
+
 class _LazyLogger:
     """What the `logging` stand-in's getLogger returns: the real logger, fetched on first use."""
 
@@ -189,6 +244,9 @@ def _add_stand_ins(package_dir: str) -> dict[str, types.ModuleType]:
     for name in _LAZY_STDLIB:
         if name not in sys.modules:
             added[name] = _LazyLogging(name) if name == "logging" else _LazyModule(name)
+    for name, lean in (("socket", _LeanSocket), ("typing", _LeanTyping)):
+        if name not in sys.modules:
+            added[name] = lean(name)
     sys.modules.update(added)
     return added
 
@@ -245,10 +303,13 @@ def _import_message_class(name: str) -> type:
     module = sys.modules.get(module_name)
     if module is not None:
         return getattr(module, name)
+    global _loading
     added = _add_stand_ins(_lean_dir) if _lean_dir is not None else {}
+    _loading = bool(added)
     try:
         __import__(module_name)
     finally:
+        _loading = False
         _remove_stand_ins(added)
     return getattr(sys.modules[module_name], name)
 

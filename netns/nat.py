@@ -514,10 +514,10 @@ class _Rule:
 def _parse_listing(text: str, chains: set[str] | None = None) -> list[_Rule]:
     """The hanok-tagged rules of `nft -j list table` output; untagged skeleton rules are left out. The table's
     chain names are added to `chains` when it is given."""
-    import json
+    from hanok.netns import _jsontext
 
     found = []
-    for item in json.loads(text).get("nftables", ()):
+    for item in _jsontext.loads(text).get("nftables", ()):  # type: ignore[union-attr]  # nft's: an object
         if chains is not None and "chain" in item:
             chains.add(item["chain"]["name"])
         rule = item.get("rule")

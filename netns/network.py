@@ -25,10 +25,9 @@ now); `remove_network` removes them.
 """
 from __future__ import annotations
 
-import _json
 import os
 
-from hanok.netns import ipam, namespace
+from hanok.netns import _jsontext, ipam, namespace
 from hanok.runtime.errors import BadState, Exists, HanokError, InvalidArgument, NetError, NotFound
 
 if False:  # for type checkers only: nat is imported when ports or masquerade are used
@@ -96,37 +95,12 @@ def _net_dir(state_root: str) -> str:
     return os.path.join(state_root, "net")
 
 
-# JSON through the C module `_json` that the `json` package wraps: `import json`
-# costs ~5 ms here (re, enum), paid by every setup and teardown. Records hold
-# only dicts, lists, str, int, bool and None. (runtime/jsonio.py does the same
-# for runtime state, but DESIGN.md's dependency rule keeps netns from using it.)
-
-class _DecoderSettings:
-    """The attributes _json.make_scanner reads: json.JSONDecoder's defaults."""
-
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-    parse_constant = float     # NaN, Infinity, -Infinity
-
-
-def _unserialisable(value: object) -> object:
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-_JSON_SPACE = " \t\n\r"
-_scan_json = _json.make_scanner(_DecoderSettings)  # type: ignore[arg-type]  # typeshed wants an instance
-# (markers, default, encoder, indent, key_separator, item_separator, sort_keys, skipkeys, allow_nan):
-# what json.dumps(sort_keys=True) passes, without the circular-reference markers records never need
-_encode_json = _json.make_encoder(None, _unserialisable, _json.encode_basestring_ascii, None, ": ", ", ",
-                                  True, False, True)
-
+# Records are JSON through _jsontext (the C module _json: `import json` costs ~5 ms, paid by every setup and
+# teardown).
 
 def _write_json(path: str, data: object) -> None:
     """Write JSON atomically: temp file, fsync, rename."""
-    text = "".join(_encode_json(data, 0)) + "\n"
+    text = _jsontext.dumps(data) + "\n"
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -142,14 +116,11 @@ def _read_json(path: str) -> dict | None:
             text = f.read()
     except FileNotFoundError:
         return None
-    start = len(text) - len(text.lstrip(_JSON_SPACE))
     try:
-        value, end = _scan_json(text, start)
-    except StopIteration as e:       # _json's way of saying "no value starts here"
-        raise NetError(f"{path} is corrupt: no JSON value at character {e.value}") from None
+        value = _jsontext.loads(text)
     except ValueError as e:
         raise NetError(f"{path} is corrupt: {e}") from None
-    if text[end:].strip(_JSON_SPACE) or not isinstance(value, dict):
+    if not isinstance(value, dict):
         raise NetError(f"{path} is corrupt: not one JSON object")
     return value
 

@@ -28,7 +28,7 @@ from hanok.netns import _pyroute, bridge, ipam, network
 pytestmark = pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="module sets are those of CPython 3.11")
 
 NETWORK = {"__future__", "_cffi_backend", "_json", "_socket", "errno", "hanok", "hanok.netns",
-           "hanok.netns.ipam", "hanok.netns.namespace", "hanok.netns.network", "hanok.runtime",
+           "hanok.netns._jsontext", "hanok.netns.ipam", "hanok.netns.namespace", "hanok.netns.network", "hanok.runtime",
            "hanok.runtime._syscalls_cffi", "hanok.runtime.errors", "hanok.runtime.explain",
            "hanok.runtime.syscalls"}
 # pyroute2's message modules, nothing else of pyroute2 (no config, iproute, asyncio, ndb)
@@ -39,25 +39,23 @@ PYROUTE2_LINKS = {"pyroute2", "pyroute2.common", "pyroute2.netlink", "pyroute2.n
     for kind in ("bond", "can", "geneve", "gtp", "ipoib", "ipvlan", "team", "tun", "tuntap", "vlan", "vrf",
                  "vti", "vti6", "vxlan", "xfrm")}
 PYROUTE2_ALL = PYROUTE2_LINKS | {"pyroute2.netlink.rtnl.ifaddrmsg", "pyroute2.netlink.rtnl.rtmsg"}
-# what those modules import of the stdlib (socket, typing and their dependencies): the floor of using pyroute2
-PYROUTE2_STDLIB = {"_collections", "_functools", "_operator", "_sre", "_struct", "_typing", "_weakrefset", "array",
-                   "collections", "collections.abc", "contextlib", "copyreg", "enum", "functools", "importlib",
-                   "importlib._bootstrap", "importlib._bootstrap_external", "itertools", "keyword", "math",
-                   "operator", "re", "re._casefix", "re._compiler", "re._constants", "re._parser", "reprlib",
-                   "select", "selectors", "socket", "struct", "threading", "types", "typing", "typing.io",
-                   "typing.re", "warnings", "weakref"}
+# what those modules import of the stdlib once socket and typing have stand-ins: the floor of using pyroute2
+PYROUTE2_STDLIB = {"_collections", "_functools", "_operator", "_struct", "_weakrefset", "collections", "functools",
+                   "importlib", "importlib._bootstrap", "importlib._bootstrap_external", "itertools", "keyword",
+                   "operator", "reprlib", "struct", "threading", "types", "warnings", "weakref"}
 # bridge.py and _pyroute.py themselves: the message classes load only when a message is built
 BRIDGE = {"hanok.netns.bridge", "hanok.netns._pyroute", "_sha256", "_struct", "struct", "types"}
 # teardown of a bridge sandbox: the kernel deletes the veth pair with the namespace, so no netlink and no
 # pyroute2; then the lease is released (flock, an ascii read)
 TEARDOWN = BRIDGE | {"fcntl", "encodings.ascii"}
 # setup of a bridge sandbox with DNS files: netlink messages (pyroute2 and what it needs of the stdlib);
-# masquerade loads nat.py and libnftables (and, for now, nat's json)
+# masquerade loads nat.py and libnftables
 SETUP = TEARDOWN | PYROUTE2_ALL | PYROUTE2_STDLIB | {"hanok.netns.dns", "hanok.netns.nat", "hanok.netns._nft_cffi",
-                                                     "atexit", "json", "json.decoder", "json.encoder",
-                                                     "json.scanner"}
+                                                     "atexit"}
 NEVER = {"logging", "traceback", "pkgutil", "multiprocessing", "platform", "pyroute2.config", "dataclasses",
-         "inspect", "hashlib", "_hashlib", "asyncio", "pyroute2.iproute"}
+         "inspect", "hashlib", "_hashlib", "asyncio", "pyroute2.iproute",
+         # stand-ins since socket.py (selectors, enum) and typing (re, contextlib) cost ~6 ms of every setup
+         "socket", "typing", "selectors", "enum", "re", "json", "contextlib"}
 
 
 def _env() -> dict[str, str]:
@@ -226,6 +224,27 @@ def test_stdlib_stand_ins_forward_to_the_real_modules() -> None:
         print(type(logging).__name__)
     """)
     assert out.strip() == "module"
+
+
+def test_socket_and_typing_stand_ins_serve_the_c_module_then_the_real_modules() -> None:
+    out = run_python("""
+        import _socket, sys
+        from hanok.netns import _pyroute
+        msg = _pyroute.ifinfmsg()
+        msg["attrs"] = [("IFLA_IFNAME", "lo")]
+        msg.encode()
+        assert "socket" not in sys.modules and "typing" not in sys.modules
+        common = sys.modules["pyroute2.common"]
+        assert common.socket.inet_pton is _socket.inet_pton                  # the C module's, as they were
+        assert common.get_address_family("fd00::1") == _socket.AF_INET6
+        assert common.dqn2int("255.255.255.0") == 24
+        assert common.socket.AddressFamily.AF_INET6 == 10                    # loaded: the real socket.py
+        import socket, typing
+        assert sys.modules["socket"] is socket and socket.socket.__module__ == "socket"
+        assert typing.Optional[int] == typing.Union[int, None]              # the real typing, untouched
+        print(type(_pyroute._ANNOTATION).__name__, _pyroute._loading)
+    """)
+    assert out.split() == ["_AnnotationOnly", "False"]
 
 
 def test_other_pyroute2_versions_are_imported_the_ordinary_way() -> None:
