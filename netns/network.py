@@ -98,14 +98,15 @@ def _net_dir(state_root: str) -> str:
 # Records are JSON through _jsontext (the C module _json: `import json` costs ~5 ms, paid by every setup and
 # teardown).
 
-def _write_json(path: str, data: object) -> None:
-    """Write JSON atomically: temp file, fsync, rename."""
+def _write_json(path: str, data: object, durable: bool = True) -> None:
+    """Write JSON atomically: temp file, fsync (if `durable`), rename."""
     text = _jsontext.dumps(data) + "\n"
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -339,7 +340,22 @@ def _endpoint_path(state_root: str, owner: str) -> str:
     return os.path.join(_endpoints_dir(state_root), owner + ".json")
 
 
+def _read_record(path: str) -> dict | None:
+    """An endpoint record, or None when it is missing or unreadable.
+
+    Records are written without fsync (~1 ms of every setup): they describe
+    sandboxes, which a reboot ends anyway, so a power loss only risks a record
+    left empty or cut short, and its owner is then handled like a setup that
+    died half way: setup starts over, teardown and gc look for every trace.
+    """
+    try:
+        return _read_json(path)
+    except NetError:
+        return None
+
+
 def _endpoint_records(state_root: str) -> Iterable[tuple[str, dict]]:
+    """(owner, record) for every endpoint record; an unreadable one as {} (its owner still counts)."""
     try:
         names = os.listdir(_endpoints_dir(state_root))
     except FileNotFoundError:
@@ -347,9 +363,12 @@ def _endpoint_records(state_root: str) -> Iterable[tuple[str, dict]]:
     for name in names:
         if name.endswith(".json"):
             owner = name[:-5]
-            record = _read_json(os.path.join(_endpoints_dir(state_root), name))
+            path = os.path.join(_endpoints_dir(state_root), name)
+            record = _read_record(path)
             if record is not None:
                 yield owner, record
+            elif os.path.exists(path):
+                yield owner, {}
 
 
 def _dns_dir(run_dir: str, owner: str) -> str:
@@ -390,7 +409,7 @@ def setup(state_root: str, run_dir: str, owner: str, *, mode: str = "bridge",
         return {"mode": "host"}
     ports = list(ports)
     record_path = _endpoint_path(state_root, owner)
-    recorded = _read_json(record_path)
+    recorded = _read_record(record_path)
     if recorded is not None and namespace.exists(run_dir, owner):
         if recorded.get("mode") != mode or (mode == "bridge" and recorded.get("network") != network):
             raise Exists(f"{owner} already has a {recorded.get('mode')} network endpoint")
@@ -404,7 +423,7 @@ def setup(state_root: str, run_dir: str, owner: str, *, mode: str = "bridge",
     try:
         result = _setup(state_root, run_dir, owner, config, ports, hostname, undo)
         os.makedirs(_endpoints_dir(state_root), mode=0o700, exist_ok=True)
-        _write_json(record_path, result)
+        _write_json(record_path, result, durable=False)
     except BaseException as e:
         for action in reversed(undo):
             try:
@@ -484,7 +503,7 @@ def teardown(state_root: str, run_dir: str, owner: str) -> None:
     Every step is tried; the first failure is raised after the rest ran.
     """
     ipam.check_owner(owner)
-    record = _read_json(_endpoint_path(state_root, owner))
+    record = _read_record(_endpoint_path(state_root, owner))
     errors: list[HanokError] = []
 
     def attempt(action: Callable[[], object]) -> None:
