@@ -12,6 +12,9 @@ What is measured, whole process against whole process:
        makes its namespace, CNI's does not; that favours CNI).
   DEL  hanok: a fresh interpreter runs `network.teardown()`.
        CNI: the same plugin with CNI_COMMAND=DEL.
+  Each hanok process then leaves through os._exit, as hanok's commands do
+  (cli._exit_now: interpreter teardown frees modules and arenas for a few
+  milliseconds and cleans nothing up).
 
   START the interpreter alone (`python -c pass`, same interpreter and
        environment), timed in the same alternation: the part of hanok's
@@ -48,9 +51,10 @@ from pathlib import Path
 WARMUP = 2
 CNI_DIR = "/usr/lib/cni"
 HANOK_PYTHON = "/opt/hanok/bin/python"
-SETUP = ("import sys; from hanok.netns import network; "
-         "network.setup(sys.argv[1], sys.argv[2], sys.argv[3], network=sys.argv[4])")
-TEARDOWN = "import sys; from hanok.netns import network; network.teardown(sys.argv[1], sys.argv[2], sys.argv[3])"
+SETUP = ("import os, sys; from hanok.netns import network; "
+         "network.setup(sys.argv[1], sys.argv[2], sys.argv[3], network=sys.argv[4]); os._exit(0)")
+TEARDOWN = ("import os, sys; from hanok.netns import network; "
+            "network.teardown(sys.argv[1], sys.argv[2], sys.argv[3]); os._exit(0)")
 
 
 class BenchError(Exception):

@@ -124,8 +124,14 @@ def _hanok(tmp_path: Path, code: str, argv: list[str]) -> subprocess.CompletedPr
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(hanok.__file__)))
     for var in ("HANOK_ROOT", "HANOK_STATE"):
         env.pop(var, None)
-    prelude = ("import atexit, sys\n"
-               "atexit.register(lambda: sys.stderr.write('click loaded: %s\\n' % ('click' in sys.modules)))\n"
+    # report at exit: through atexit on click's path, from os._exit on the fast path (which skips atexit)
+    prelude = ("import atexit, os, sys\n"
+               "def report():\n"
+               "    sys.stderr.write('click loaded: %s\\n' % ('click' in sys.modules))\n"
+               "    sys.stderr.flush()\n"
+               "atexit.register(report)\n"
+               "real_exit = os._exit\n"
+               "os._exit = lambda status: (report(), real_exit(status))\n"
                f"sys.argv = ['hanok', *{argv!r}]\n")
     return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=60,
                           env=env, cwd=tmp_path)
@@ -191,9 +197,15 @@ def test_nan_times_are_usage_errors(tmp_path: Path) -> None:
 def test_the_fast_path_loads_none_of_the_heavy_modules(tmp_path: Path, argv: list[str]) -> None:
     """click ~27 ms, dataclasses ~10 ms (inspect, ast), typing, json and re ~2 ms each: none is needed here."""
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(hanok.__file__)))
-    code = ("import atexit, sys\n"
-            "heavy = {'click', 'dataclasses', 'inspect', 'typing', 'json', 're', 'enum', 'hashlib'}\n"
-            "atexit.register(lambda: sys.stderr.write('heavy: %s\\n' % sorted(heavy & set(sys.modules))))\n"
+    # the fast path leaves through os._exit (no teardown, no atexit): report from there
+    code = ("import os, sys\n"
+            "heavy = {'click', 'dataclasses', 'inspect', 'typing', 'json', 're', 'enum', 'hashlib', 'contextlib'}\n"
+            "real_exit = os._exit\n"
+            "def report_then_exit(status):\n"
+            "    sys.stderr.write('heavy: %s\\n' % sorted(heavy & set(sys.modules)))\n"
+            "    sys.stderr.flush()\n"
+            "    real_exit(status)\n"
+            "os._exit = report_then_exit\n"
             f"sys.argv = ['hanok', '--store', {str(tmp_path / 'store')!r}, '--state', {str(tmp_path / 'state')!r},"
             f" *{argv!r}]\n"
             "from hanok.cli import hanok_main; hanok_main()\n")
