@@ -244,9 +244,12 @@ def _add_stand_ins(package_dir: str) -> dict[str, types.ModuleType]:
     for name in _LAZY_STDLIB:
         if name not in sys.modules:
             added[name] = _LazyLogging(name) if name == "logging" else _LazyModule(name)
-    for name, lean in (("socket", _LeanSocket), ("typing", _LeanTyping)):
-        if name not in sys.modules:
-            added[name] = lean(name)
+    # Their placeholders would break a module another thread imported `typing` or `socket` for meanwhile
+    # (sys.modules is shared): only while this is the process's one thread (_thread._count: the others).
+    if _thread._count() == 0:
+        for name, lean in (("socket", _LeanSocket), ("typing", _LeanTyping)):
+            if name not in sys.modules:
+                added[name] = lean(name)
     sys.modules.update(added)
     return added
 

@@ -113,13 +113,13 @@ def _write_json(path: str, data: object, durable: bool = True) -> None:
 def _read_json(path: str) -> dict | None:
     """The JSON object in `path`, None when the file is missing; NetError when it is not a JSON object."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         return None
     try:
-        value = _jsontext.loads(text)
-    except ValueError as e:
+        value = _jsontext.loads(data.decode("utf-8"))
+    except ValueError as e:          # UnicodeDecodeError too: a record cut short can hold any bytes
         raise NetError(f"{path} is corrupt: {e}") from None
     if not isinstance(value, dict):
         raise NetError(f"{path} is corrupt: not one JSON object")

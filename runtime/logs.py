@@ -345,7 +345,9 @@ def show(entries: Iterable[tuple[str, bytes]]) -> None:
 
     A closed reader (`hanok logs web | head`) ends the showing, not the
     reading: the rest goes to /dev/null, so callers that wait for the
-    container (an attached `run`) still see it to its end.
+    container (an attached `run`) still see it to its end and clean up after
+    it. Any other failed write (a full disk, /dev/full) is said once on
+    stderr and handled the same way.
     """
     import sys
 
@@ -355,7 +357,14 @@ def show(entries: Iterable[tuple[str, bytes]]) -> None:
         try:
             target.write(data)
             target.flush()
-        except BrokenPipeError:
+        except OSError as e:
+            if not isinstance(e, BrokenPipeError):
+                try:
+                    sys.stderr.write(f"hanok: cannot write the container's {stream}: {e.strerror or e}; "
+                                     "the rest of it is discarded\n")
+                    sys.stderr.flush()
+                except OSError:
+                    pass
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, target.fileno())
             os.close(devnull)

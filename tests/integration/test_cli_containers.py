@@ -337,6 +337,16 @@ def test_image_prune_keeps_layers_containers_use(hanok: Hanok) -> None:
     hanok.ok("rm", "user")
 
 
+def test_an_attached_run_whose_output_cannot_be_written_still_ends_and_removes_its_container(hanok: Hanok) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("HANOK_ROOT", "HANOK_STATE")}
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(hanok.argv("run", "--rm", "--network", "none", IMAGE, "sh", "-c", "echo hi; exit 3"),
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, env=env)
+    assert (done.returncode, done.stderr) == (3, "hanok: cannot write the container's stdout: No space left on "
+                                                 "device; the rest of it is discarded\n")
+    assert hanok.container_ids() == []                          # --rm still removed it
+
+
 def test_container_prune(hanok: Hanok) -> None:
     hanok.ok("run", "--network", "none", "--name", "done1", IMAGE, "true")
     hanok.ok("create", "--network", "none", "--name", "new1", IMAGE, "true")

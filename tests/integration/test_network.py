@@ -332,20 +332,20 @@ def test_teardown_removes_a_record_a_killed_writer_left_half_written(env: Env):
     _assert_owner_gone(env, "killed")
 
 
-@pytest.mark.parametrize("damage", ["", '{"mode": "bri', "[1, 2]"])
-def test_an_unreadable_record_is_handled_like_a_setup_that_died(env: Env, damage: str):
+@pytest.mark.parametrize("damage", [b"", b'{"mode": "bri', b"[1, 2]", b'{"mode": "no\xff\xfe'])
+def test_an_unreadable_record_is_handled_like_a_setup_that_died(env: Env, damage: bytes):
     """Records are not fsynced: after a power loss one may be empty or cut short."""
     first = env.setup("damaged")
     record = os.path.join(env.state_root, "net", "endpoints", "damaged.json")
-    Path(record).write_text(damage)
+    Path(record).write_bytes(damage)
     again = env.setup("damaged")                    # set up afresh, the leftovers torn down first
     assert namespace.exists(env.run_dir, "damaged") and env.pool().leases() == {"damaged": again["ip"]}
     assert again["ip"] != first["ip"]
-    Path(record).write_text(damage)
+    Path(record).write_bytes(damage)
     assert network.gc(env.state_root, env.run_dir, lambda owner: False)["owners"] == ["damaged"]
     _assert_owner_gone(env, "damaged")
     env.setup("damaged")
-    Path(record).write_text(damage)
+    Path(record).write_bytes(damage)
     env.teardown("damaged")                         # every trace looked for
     _assert_owner_gone(env, "damaged")
 

@@ -247,6 +247,31 @@ def test_socket_and_typing_stand_ins_serve_the_c_module_then_the_real_modules() 
     assert out.split() == ["_AnnotationOnly", "False"]
 
 
+def test_with_another_thread_running_socket_and_typing_get_no_stand_ins() -> None:
+    """sys.modules is shared: a thread importing typing meanwhile must never get the placeholders."""
+    out = run_python("""
+        import sys, _thread
+        from hanok.netns import _pyroute
+        started, release = _thread.allocate_lock(), _thread.allocate_lock()
+        started.acquire()
+        release.acquire()
+
+        def other_thread():                                   # alive while the classes load
+            started.release()
+            release.acquire()
+
+        _thread.start_new_thread(other_thread, ())
+        started.acquire()
+        assert _thread._count() == 1
+        msg = _pyroute.ifinfmsg()
+        msg["attrs"] = [("IFLA_IFNAME", "lo")]
+        msg.encode()
+        release.release()
+        print("socket" in sys.modules, "typing" in sys.modules, "logging" in sys.modules)
+    """)
+    assert out.split() == ["True", "True", "False"]   # the real socket and typing; logging still forwarded
+
+
 def test_other_pyroute2_versions_are_imported_the_ordinary_way() -> None:
     out = run_python("""
         import sys
