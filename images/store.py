@@ -50,6 +50,8 @@ if False:  # typing only (typing ~2 ms, collections.abc ~1.5 ms on the `hanok ru
     from typing import BinaryIO
 
 DEFAULT_ROOT = "/var/lib/hanok"
+GC_LOCK = "gc.lock"          # shared while an image is added, exclusive while gc runs
+REFS_LOCK = "images.lock"    # around images.json
 
 MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -362,14 +364,19 @@ class Image:
 # the store.
 
 class _Flock:
-    """flock(`kind`) on a lock file of the store for one `with` block."""
+    """flock(`kind`) on a lock file of the store for one `with` block.
+
+    Subclasses add work done under the lock: `_begin` (the block gets what it
+    returns; if it fails the lock goes at once) and `_end` (told whether the
+    block failed; the lock goes after it, whatever it raises).
+    """
 
     def __init__(self, path: str, kind: int) -> None:
         self.path = path
         self.kind = kind
         self.fd = -1
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> object:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, self.kind)
@@ -377,66 +384,69 @@ class _Flock:
             os.close(fd)
             raise
         self.fd = fd
+        try:
+            return self._begin()
+        except BaseException:
+            self._unlock()
+            raise
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        try:
+            self._end(failed=exc_type is not None)
+        finally:
+            self._unlock()
+
+    def _begin(self) -> object:
+        return None
+
+    def _end(self, failed: bool) -> None:
+        pass
+
+    def _unlock(self) -> None:
         os.close(self.fd)
         self.fd = -1
 
 
-class _OperationScope:
+class _OperationScope(_Flock):
     """Store.operation(): the gc lock (shared) and an Operation; rolled back when the block fails."""
 
     def __init__(self, store: Store) -> None:
+        store.prepare()
+        super().__init__(os.path.join(store.root, GC_LOCK), fcntl.LOCK_SH)
         self.store = store
-        self.lock = store.transaction()
         self.op: Operation | None = None
 
-    def __enter__(self) -> Operation:
-        self.lock.__enter__()
-        try:
-            self.op = Operation(self.store)
-        except BaseException:
-            self.lock.__exit__(None, None, None)
-            raise
+    def _begin(self) -> Operation:
+        self.op = Operation(self.store)
         return self.op
 
-    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+    def _end(self, failed: bool) -> None:
         assert self.op is not None
         try:
-            if exc_type is not None:
+            if failed:
                 self.op.rollback()
         finally:
-            try:
-                self.op.release()
-            finally:
-                self.lock.__exit__(None, None, None)
+            self.op.release()
 
 
-class _RefsEdit:
+class _RefsEdit(_Flock):
     """Store.edit_refs(): images.json read under its lock, written back if the block changed it."""
 
     def __init__(self, store: Store) -> None:
+        store.prepare()
+        super().__init__(os.path.join(store.root, REFS_LOCK), fcntl.LOCK_EX)
         self.store = store
-        self.lock = store._flock("images.lock", fcntl.LOCK_EX)
         self.refs: dict[str, str] = {}
         self.before: dict[str, str] = {}
 
-    def __enter__(self) -> dict[str, str]:
-        self.lock.__enter__()
-        try:
-            self.refs = self.store._read_refs()
-            self.before = dict(self.refs)
-        except BaseException:
-            self.lock.__exit__(None, None, None)
-            raise
+    def _begin(self) -> dict[str, str]:
+        self.refs = self.store._read_refs()
+        self.before = dict(self.refs)
         return self.refs
 
-    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
-        try:
-            if exc_type is None and self.refs != self.before:
-                self.store._write_refs(self.refs)
-        finally:
-            self.lock.__exit__(None, None, None)
+    def _end(self, failed: bool) -> None:
+        if not failed and self.refs != self.before:
+            self.store._write_refs(self.refs)
 
 
 class Operation:
@@ -605,7 +615,7 @@ class Store:
 
     def transaction(self) -> _Flock:
         """Held (shared) while adding an image: keeps gc from removing its new blobs."""
-        return self._flock("gc.lock", fcntl.LOCK_SH)
+        return self._flock(GC_LOCK, fcntl.LOCK_SH)
 
     def operation(self) -> _OperationScope:
         """A pull, load or import: `transaction()` plus claims; a failure rolls back what it created.
@@ -1052,8 +1062,8 @@ class Store:
         removed_blobs: list[str] = []
         removed_layers: list[str] = []
         freed = 0
-        with self._flock("gc.lock", fcntl.LOCK_EX):
-            with self._flock("images.lock", fcntl.LOCK_SH):
+        with self._flock(GC_LOCK, fcntl.LOCK_EX):
+            with self._flock(REFS_LOCK, fcntl.LOCK_SH):
                 blobs, layers = self.referenced()
             layers |= keep_layers
             for digest in self.blobs():
