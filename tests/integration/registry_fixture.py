@@ -101,7 +101,9 @@ def htpasswd_line(user: str, password: str) -> str:
 # ------------------------------------------------------------------ servers
 
 
-class _Server:
+class HTTPServerThread:
+    """A ThreadingHTTPServer on 127.0.0.1 (a free port) serving `handler` from a daemon thread until stop()."""
+
     def __init__(self, handler: type[BaseHTTPRequestHandler]):
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
@@ -121,7 +123,7 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-class TokenServer(_Server):
+class TokenServer(HTTPServerThread):
     """GET /token?service=..&scope=.. with basic auth -> {"token": JWT}.
 
     Valid credentials get what they ask for; anonymous requests get a token
@@ -193,7 +195,7 @@ class _TokenHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class Proxy(_Server):
+class Proxy(HTTPServerThread):
     """Forwards to `upstream` (host:port); logs (method, path); can cut or hold blob downloads.
 
     `drop_blobs`: how many blob GETs (counted over the proxy's life) to cut
@@ -265,7 +267,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class StubServer(_Server):
+class StubServer(HTTPServerThread):
     """Every request gets `status` (or no answer at all with hang=True); counts requests."""
 
     def __init__(self, status: int = 503, hang: bool = False):

@@ -360,23 +360,33 @@ def test_container_prune(hanok: Hanok) -> None:
 # ------------------------------------------------------------------ bridge networks
 
 
+def _network_spec(tag: str, bridge_suffix: str) -> dict[str, str]:
+    """Name, bridge and a 10.2xx.y.0/24 subnet of a test-only network, from a random hex tag."""
+    return {"name": f"t{tag}{bridge_suffix}", "bridge": f"hkt{tag}{bridge_suffix}",
+            "subnet": f"10.{200 + int(tag[:2], 16) % 50}.{int(tag[2:4], 16)}.0/24"}
+
+
+def _remove_network(hanok: Hanok, spec: dict[str, str]) -> None:
+    """Its containers, then the network; no bridge or host veth may be left."""
+    for cid in hanok.container_ids():
+        hanok("rm", "-f", cid)
+    hanok("network", "rm", spec["name"])
+    leftovers = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    assert spec["bridge"] not in leftovers and "hkv" not in leftovers
+
+
 @pytest.fixture
 def net(hanok: Hanok, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """A test-only bridge network (own bridge name, subnet and nft table), removed afterwards."""
     tag = os.urandom(3).hex()
-    octet = 200 + int(tag[:2], 16) % 50
     monkeypatch.setenv("HANOK_NFT_TABLE", f"hkt{tag}")
-    spec = {"name": f"t{tag}", "bridge": f"hkt{tag}b", "subnet": f"10.{octet}.{int(tag[2:4], 16)}.0/24"}
+    spec = _network_spec(tag, "b")
     assert hanok.ok("network", "create", "--subnet", spec["subnet"], "--bridge", spec["bridge"],
                     spec["name"]) == spec["name"] + "\n"
     try:
         yield spec
     finally:
-        for cid in hanok.container_ids():
-            hanok("rm", "-f", cid)
-        hanok("network", "rm", spec["name"])
-        leftovers = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
-        assert spec["bridge"] not in leftovers and "hkv" not in leftovers
+        _remove_network(hanok, spec)
         tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
         assert f"hkt{tag}" not in tables
 
@@ -416,19 +426,16 @@ def net6(hanok: Hanok, net: dict[str, str]) -> Iterator[dict[str, str]]:
     forwarding = Path("/proc/sys/net/ipv6/conf/all/forwarding")
     before = forwarding.read_text()
     tag = os.urandom(3).hex()
-    spec = {"name": f"t{tag}6", "bridge": f"hkt{tag}6",
-            "subnet": f"10.{200 + int(tag[:2], 16) % 50}.{int(tag[2:4], 16)}.0/24",
-            "subnet6": f"fd{tag[:2]}:{tag[2:]}:{os.urandom(2).hex()}:6::/64"}
+    spec = dict(_network_spec(tag, "6"), subnet6=f"fd{tag[:2]}:{tag[2:]}:{os.urandom(2).hex()}:6::/64")
     hanok.ok("network", "create", "--subnet", spec["subnet"], "--ipv6-subnet", spec["subnet6"], "--bridge",
              spec["bridge"], spec["name"])
     try:
         yield spec
     finally:
-        for cid in hanok.container_ids():
-            hanok("rm", "-f", cid)
-        hanok("network", "rm", spec["name"])
-        forwarding.write_text(before)
-        assert spec["bridge"] not in subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+        try:
+            _remove_network(hanok, spec)
+        finally:
+            forwarding.write_text(before)
 
 
 def test_ports_publish_over_ipv6_on_a_dual_stack_network(hanok: Hanok, net: dict[str, str],

@@ -24,7 +24,7 @@ import test_network
 from hanok.netns import bridge, ipam, namespace, network
 from hanok.runtime.errors import InvalidArgument, NetError
 from helpers import mounts_under
-from test_network import _links
+from test_network import _links, _random_subnet, _remove_everything
 
 TEST_TABLE = "hanoktest6" + secrets.token_hex(3)
 
@@ -69,10 +69,6 @@ def _host_ipv6_forwarding() -> Iterator[None]:
         knob.write_text(before)
 
 
-def _random_subnet() -> str:
-    return f"10.{random.randint(210, 250)}.{random.randint(0, 255)}.0/24"
-
-
 def _random_subnet6() -> str:
     """A random unique local /64 (fdXX:XXXX:XXXX:XXXX::/64), never the host's own fd00::/64."""
     import ipaddress
@@ -114,15 +110,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
     try:
         yield env
     finally:
-        try:
-            network.gc(state_root, run_dir, lambda owner: False)
-        finally:
-            for other in network.list_networks(state_root):
-                if other.name != network.DEFAULT_NETWORK:
-                    network.remove_network(state_root, run_dir, other.name)
-            netns_dir = os.path.join(run_dir, "netns")
-            while mounts_under(Path(netns_dir)):
-                subprocess.run(["umount", "-l", netns_dir], check=True)
+        _remove_everything(state_root, run_dir)
     assert env.links() == set()
     assert not _nft_table_exists("ip") and not _nft_table_exists("ip6")
     assert mounts_under(tmp_path) == []

@@ -24,10 +24,9 @@ import stat
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -39,6 +38,7 @@ from registry_fixture import (
     REGISTRY_BIN,
     TOKEN_ISSUER,
     TOKEN_SERVICE,
+    HTTPServerThread,
     Proxy,
     Registry,
     StubServer,
@@ -728,7 +728,7 @@ def test_logout_from_auths(env: Env, docker_config: Path) -> None:
 REFRESH_TOKEN = "hanok-test-refresh-token"
 
 
-class OAuthServer:
+class OAuthServer(HTTPServerThread):
     """A token realm that takes OAuth2 refresh_token POSTs only (what docker sends for an identity token).
 
     Its tokens are signed by the session's TokenServer key, so a registry
@@ -765,16 +765,8 @@ class OAuthServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.realm = f"http://127.0.0.1:{self.httpd.server_address[1]}/oauth2/token"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+        super().__init__(Handler)
+        self.realm = f"http://{self.host}/oauth2/token"
 
 
 @pytest.fixture

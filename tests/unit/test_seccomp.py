@@ -141,7 +141,7 @@ def errno_of(fn: Callable[[], Any]) -> int:
     try:
         fn()
     except OSError as e:
-        return e.errno or 0
+        return e.errno or -1  # a failure without an errno is no success
     return 0
 
 
@@ -534,12 +534,15 @@ def test_load_rejects_invalid_profile_before_touching_the_kernel() -> None:
     assert out["mode"] == "0"
 
 
-def test_load_without_nnp_or_cap_sys_admin_explains_eacces() -> None:
+# A filter that makes getcwd fail, loaded without no_new_privs by a child that dropped CAP_SYS_ADMIN.
+GETCWD_FAILS = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["getcwd"], "action": "SCMP_ACT_ERRNO"}]}
+
+
+def _load_without_cap_sys_admin(profile: dict) -> dict[str, Any]:
+    """{"errno", "msg", "getcwd"} of a failed seccomp.load in such a child ({"errno": 0} if it loaded)."""
     if syscalls.prctl(syscalls.PR_GET_NO_NEW_PRIVS) == 1:
         pytest.skip("this test process already runs with no_new_privs")
     cap_sys_admin = 1 << 21
-    profile = {"defaultAction": "SCMP_ACT_ALLOW",
-               "syscalls": [{"names": ["getcwd"], "action": "SCMP_ACT_ERRNO"}]}
 
     def body() -> dict[str, Any]:
         eff, perm, inh = syscalls.capget()
@@ -551,6 +554,11 @@ def test_load_without_nnp_or_cap_sys_admin_explains_eacces() -> None:
         return {"errno": 0}
 
     out = run_in_child(body)
+    return out
+
+
+def test_load_without_nnp_or_cap_sys_admin_explains_eacces() -> None:
+    out = _load_without_cap_sys_admin(GETCWD_FAILS)
     assert out["errno"] == errno.EACCES
     assert "seccomp_load" in out["msg"] and "CAP_SYS_ADMIN" in out["msg"]
     assert out["getcwd"] == 0  # nothing was installed
@@ -800,23 +808,8 @@ def test_load_of_another_profile_falls_back_to_libseccomp(tmp_path: Any, forget_
 
 def test_prepared_load_without_nnp_or_cap_sys_admin_explains_eacces(tmp_path: Any,
                                                                     forget_prepared: Any) -> None:
-    if syscalls.prctl(syscalls.PR_GET_NO_NEW_PRIVS) == 1:
-        pytest.skip("this test process already runs with no_new_privs")
-    cap_sys_admin = 1 << 21
-    profile = {"defaultAction": "SCMP_ACT_ALLOW",
-               "syscalls": [{"names": ["getcwd"], "action": "SCMP_ACT_ERRNO"}]}
-    seccomp.prepare(profile, str(tmp_path / "cache"))
-
-    def body() -> dict[str, Any]:
-        eff, perm, inh = syscalls.capget()
-        syscalls.capset(eff & ~cap_sys_admin, perm & ~cap_sys_admin, inh & ~cap_sys_admin)
-        try:
-            seccomp.load(profile)
-        except OSError as e:
-            return {"errno": e.errno, "msg": str(e), "getcwd": errno_of(os.getcwd)}
-        return {"errno": 0}
-
-    out = run_in_child(body)
+    seccomp.prepare(GETCWD_FAILS, str(tmp_path / "cache"))
+    out = _load_without_cap_sys_admin(GETCWD_FAILS)
     assert out["errno"] == errno.EACCES
     assert "SECCOMP_SET_MODE_FILTER" in out["msg"] and "CAP_SYS_ADMIN" in out["msg"]
     assert out["getcwd"] == 0

@@ -16,8 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-import traceback
-from typing import Any, Callable
+from typing import Any
 
 import hanok
 import pytest
@@ -29,6 +28,10 @@ from hanok.runtime.seccomp_default import (
     CLONE_NAMESPACE_FLAGS,
     PERSONALITIES,
     default_profile,
+)
+from test_seccomp import (  # body() in a forked child; the errno a call fails with
+    errno_of,
+    run_in_child,
 )
 
 # Docker's default capability set (`docker run` without --cap-add/--cap-drop).
@@ -204,40 +207,6 @@ def test_names_unknown_to_the_installed_libseccomp_are_skipped() -> None:
 
 
 # --- behaviour: the filter loaded for real in a forked child ----------------------
-
-
-def run_in_child(body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Fork, run body() in the child, return the dict it produced (as JSON)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        code = 0
-        try:
-            os.close(r)
-            os.write(w, json.dumps(body()).encode())
-        except BaseException:
-            traceback.print_exc()
-            code = 70
-        finally:
-            os._exit(code)
-    os.close(w)
-    chunks = []
-    while chunk := os.read(r, 65536):
-        chunks.append(chunk)
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "child failed, see captured stderr"
-    result: dict[str, Any] = json.loads(b"".join(chunks))
-    return result
-
-
-def errno_of(fn: Callable[[], Any]) -> int:
-    """0 if fn() succeeds, else the errno of the OSError it raised."""
-    try:
-        fn()
-    except OSError as e:
-        return e.errno or -1
-    return 0
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

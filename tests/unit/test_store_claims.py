@@ -13,7 +13,7 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -157,19 +157,24 @@ def test_claim_of_another_live_process_counts(store: Store) -> None:
     assert _claim_files(store) == []
 
 
-def test_claims_of_a_crashed_process_do_not_count(store: Store) -> None:
-    blob = b"claimed by a process that died\n"
+def _claim_in_a_process_that_dies(claim: Callable[[Operation], object], store: Store) -> None:
+    """A forked child claims and dies without releasing: its claim file stays, its flock does not."""
     pid = os.fork()
-    if pid == 0:  # claims and dies without releasing: its claim file stays, its flock does not
+    if pid == 0:
         code = 1
         try:
-            Operation(store).claim_blob(_digest(blob))
+            claim(Operation(store))
             code = 0
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert len(_claim_files(store)) == 1
+
+
+def test_claims_of_a_crashed_process_do_not_count(store: Store) -> None:
+    blob = b"claimed by a process that died\n"
+    _claim_in_a_process_that_dies(lambda op: op.claim_blob(_digest(blob)), store)
     with failing_operation(store) as a:
         store.put_bytes(blob, op=a)
     assert store.blobs() == []
@@ -177,17 +182,7 @@ def test_claims_of_a_crashed_process_do_not_count(store: Store) -> None:
 
 
 def test_gc_drops_claim_files_of_crashed_processes(store: Store) -> None:
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            Operation(store).claim_layer("sha256:" + "a" * 64)
-            code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert len(_claim_files(store)) == 1
+    _claim_in_a_process_that_dies(lambda op: op.claim_layer("sha256:" + "a" * 64), store)
     store.gc()
     assert _claim_files(store) == []
 
