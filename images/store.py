@@ -21,9 +21,9 @@ once its diff_id checked out. A partial never appears under a final name.
 the network): hashed, written to tmp/, inflated, hashed again and extracted;
 the blob and the layer are named only when both digests checked out.
 
-Loads, pulls and imports run as an `operation()`: inside `transaction()` (a
-shared lock) so a concurrent `gc` (exclusive) cannot remove blobs they wrote
-but have not referenced yet, and with claims so that they cannot break each
+Loads, pulls and imports run as an `operation()`: under gc.lock held shared,
+so a concurrent `gc` (exclusive) cannot remove blobs they wrote but have not
+referenced yet, and with claims so that they cannot break each
 other. An operation claims every blob and layer before it looks whether it is
 there (to reuse it) or writes it; a failed operation removes what it created
 only under claims.lock held exclusively, and only what no image references and
@@ -364,15 +364,16 @@ class Image:
 # the store.
 
 class _Flock:
-    """flock(`kind`) on a lock file of the store for one `with` block.
+    """flock(`kind`) on the store's lock file `name` for one `with` block.
 
     Subclasses add work done under the lock: `_begin` (the block gets what it
     returns; if it fails the lock goes at once) and `_end` (told whether the
     block failed; the lock goes after it, whatever it raises).
     """
 
-    def __init__(self, path: str, kind: int) -> None:
-        self.path = path
+    def __init__(self, store: Store, name: str, kind: int) -> None:
+        store.prepare()
+        self.path = os.path.join(store.root, name)
         self.kind = kind
         self.fd = -1
 
@@ -411,8 +412,7 @@ class _OperationScope(_Flock):
     """Store.operation(): the gc lock (shared) and an Operation; rolled back when the block fails."""
 
     def __init__(self, store: Store) -> None:
-        store.prepare()
-        super().__init__(os.path.join(store.root, GC_LOCK), fcntl.LOCK_SH)
+        super().__init__(store, GC_LOCK, fcntl.LOCK_SH)   # keeps gc from removing blobs not yet referenced
         self.store = store
         self.op: Operation | None = None
 
@@ -433,8 +433,7 @@ class _RefsEdit(_Flock):
     """Store.edit_refs(): images.json read under its lock, written back if the block changed it."""
 
     def __init__(self, store: Store) -> None:
-        store.prepare()
-        super().__init__(os.path.join(store.root, REFS_LOCK), fcntl.LOCK_EX)
+        super().__init__(store, REFS_LOCK, fcntl.LOCK_EX)
         self.store = store
         self.refs: dict[str, str] = {}
         self.before: dict[str, str] = {}
@@ -610,15 +609,10 @@ class Store:
     # -------------------------------------------------------------- locks
 
     def _flock(self, name: str, kind: int) -> _Flock:
-        self.prepare()
-        return _Flock(os.path.join(self.root, name), kind)
-
-    def transaction(self) -> _Flock:
-        """Held (shared) while adding an image: keeps gc from removing its new blobs."""
-        return self._flock(GC_LOCK, fcntl.LOCK_SH)
+        return _Flock(self, name, kind)
 
     def operation(self) -> _OperationScope:
-        """A pull, load or import: `transaction()` plus claims; a failure rolls back what it created.
+        """A pull, load or import: gc.lock (shared) plus claims; a failure rolls back what it created.
 
         `with store.operation() as op:` — pass the Operation to the writers (`ingest`, `unpack_layer`,
         ...) and ask it, not the store, whether a blob or layer is there (see Operation).
