@@ -10,6 +10,7 @@ or nft table (ip or ip6) is left.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -370,6 +371,27 @@ def _free_port() -> int:
         return port
 
 
+@contextlib.contextmanager
+def _listening(netns: str, port: int) -> Iterator[None]:
+    """A TCP listener on [::]:port in `netns` (both families) for the block."""
+    code = ("import socket, time\n"
+            "s = socket.socket(socket.AF_INET6)\n"
+            "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n"
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            f"s.bind(('::', {port}))\n"
+            "s.listen(8)\n"
+            "print('listening', flush=True)\n"
+            "time.sleep(60)\n")
+    server = subprocess.Popen(["nsenter", f"--net={netns}", sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline() == "listening\n"
+        yield
+    finally:
+        server.kill()
+        server.wait()
+
+
 def _refused(address: str, port: int) -> bool:
     """Whether a TCP connection from the host to address:port is refused (not answered, not left hanging)."""
     import socket
@@ -438,9 +460,12 @@ def test_host_ip_picks_the_family(env: Env):
         {"containerPort": 80, "hostPort": port6, "protocol": "tcp", "hostIP": "::"},
         {"containerPort": 81, "hostPort": port_addr, "protocol": "udp", "hostIP": gateway6},
     ]
-    # IPv6 only: answered over IPv6, while the host's IPv4 address is not DNATed (the host refuses it)
+    # IPv6 only: answered over IPv6, while the host's IPv4 address is not DNATed: with the container
+    # listening on both families, the host itself refuses the connection
     assert _tcp_exchange(web["netns"], "::", None, 80, "six", connect_to=(gateway6, port6)) == gateway6
-    assert _refused(env.config.gateway, port6)
+    with _listening(web["netns"], 80):
+        assert _refused(env.config.gateway, port6)
+        assert not _refused(web["ip"], 80)                      # the listener answers when reached directly
 
 
 def test_one_port_in_two_families_for_two_owners_and_clashes_named(env: Env):
